@@ -1,0 +1,39 @@
+import Config
+
+# Every setting of a running node comes from the environment, so the same
+# build serves the embedded node, the compose service and the tests.
+env_int = fn name ->
+  case System.get_env(name) do
+    nil -> nil
+    text -> String.to_integer(String.trim(text))
+  end
+end
+
+secret =
+  case {System.get_env("BEAM_BRIDGE_SECRET"), System.get_env("BEAM_BRIDGE_SECRET_FILE")} do
+    {nil, nil} -> nil
+    {nil, path} -> path |> File.read!() |> String.trim()
+    {value, _} -> value
+  end
+
+settings =
+  [
+    host: System.get_env("BEAM_BRIDGE_HOST"),
+    port: env_int.("BEAM_BRIDGE_PORT"),
+    secret: secret,
+    max_frame_bytes: env_int.("BEAM_BRIDGE_MAX_FRAME_BYTES"),
+    announce: System.get_env("BEAM_BRIDGE_ANNOUNCE") not in [nil, "", "0"],
+    stdin_link: System.get_env("BEAM_BRIDGE_STDIN_LINK") not in [nil, "", "0"],
+    limits:
+      Enum.reject(
+        [
+          timeout_ms: env_int.("BEAM_BRIDGE_TIMEOUT_MS"),
+          max_heap_bytes: env_int.("BEAM_BRIDGE_MAX_HEAP_BYTES"),
+          max_output_bytes: env_int.("BEAM_BRIDGE_MAX_OUTPUT_BYTES")
+        ],
+        fn {_, v} -> is_nil(v) end
+      )
+  ]
+  |> Enum.reject(fn {_, v} -> is_nil(v) end)
+
+config :beam_bridge, settings

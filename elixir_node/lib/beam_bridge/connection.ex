@@ -1,0 +1,249 @@
+defmodule BeamBridge.Connection do
+  @moduledoc """
+  One gateway connection: the handshake, then requests in and events out.
+
+  The connection owns the sessions it opened. Sessions send their events to
+  it as `{:bridge_event, map}`; it encodes each one as a frame, so all the
+  events of a session leave in the order the session produced them. When the
+  connection goes away its sessions see the owner die and stop.
+
+  Every frame is decoded with `binary_to_term(bin, [:safe])`; anything that
+  cannot be acted on is answered with an `:error` message and the connection
+  keeps serving. Only a wrong handshake or an oversized frame closes it.
+  """
+
+  use GenServer, restart: :temporary
+  require Logger
+
+  alias BeamBridge.Session
+
+  @version 1
+  @max_session_id_bytes 128
+
+  @doc false
+  @spec start(:gen_tcp.socket(), keyword) :: DynamicSupervisor.on_start_child()
+  def start(socket, opts) do
+    DynamicSupervisor.start_child(BeamBridge.ConnectionSupervisor, {__MODULE__, {socket, opts}})
+  end
+
+  @doc false
+  def start_link({socket, opts}), do: GenServer.start_link(__MODULE__, {socket, opts})
+
+  @impl true
+  def init({socket, opts}) do
+    state = %{
+      socket: socket,
+      secret: Keyword.fetch!(opts, :secret),
+      max_frame_bytes: Keyword.fetch!(opts, :max_frame_bytes),
+      authenticated: false,
+      sessions: %{}
+    }
+
+    {:ok, state}
+  end
+
+  @impl true
+  def handle_info(:socket_ready, state) do
+    :ok = :inet.setopts(state.socket, active: :once)
+    {:noreply, state}
+  end
+
+  def handle_info({:tcp, socket, frame}, state) do
+    state = handle_frame(frame, state)
+    if state, do: :inet.setopts(socket, active: :once)
+    if state, do: {:noreply, state}, else: {:stop, :normal, nil}
+  end
+
+  def handle_info({:tcp_error, _socket, :emsgsize}, state) do
+    reply_error(state, :frame_too_large, "frame over #{state.max_frame_bytes} bytes")
+    :gen_tcp.close(state.socket)
+    {:stop, :normal, state}
+  end
+
+  def handle_info({:tcp_error, _socket, reason}, state) do
+    Logger.info("bridge connection error: #{inspect(reason)}")
+    {:stop, :normal, state}
+  end
+
+  def handle_info({:tcp_closed, _socket}, state), do: {:stop, :normal, state}
+
+  def handle_info({:bridge_event, event}, state) do
+    send_frame(state, event)
+    {:noreply, state}
+  end
+
+  def handle_info({:DOWN, _ref, :process, pid, _reason}, state) do
+    sessions = for {id, p} <- state.sessions, p != pid, into: %{}, do: {id, p}
+    {:noreply, %{state | sessions: sessions}}
+  end
+
+  # -- frames
+
+  defp handle_frame(frame, state) do
+    case decode(frame) do
+      {:ok, message} ->
+        handle_message(message, state)
+
+      :error ->
+        if state.authenticated do
+          reply_error(state, :bad_frame, "frame is not valid ETF or names an unknown atom")
+          state
+        else
+          refuse(state, :bad_handshake, "the first frame must be a valid hello")
+        end
+    end
+  end
+
+  defp decode(frame) do
+    {:ok, :erlang.binary_to_term(frame, [:safe])}
+  rescue
+    ArgumentError -> :error
+  end
+
+  defp handle_message(%{type: :hello} = hello, %{authenticated: false} = state) do
+    cond do
+      hello[:version] != @version ->
+        refuse(state, :bad_version, "this node speaks bridge protocol version #{@version}")
+
+      not is_binary(hello[:secret]) or not secret_matches?(hello[:secret], state.secret) ->
+        refuse(state, :unauthorized, "wrong secret")
+
+      true ->
+        send_frame(state, %{
+          type: :welcome,
+          version: @version,
+          node: Atom.to_string(node()),
+          max_frame_bytes: state.max_frame_bytes
+        })
+
+        %{state | authenticated: true}
+    end
+  end
+
+  defp handle_message(_message, %{authenticated: false} = state) do
+    refuse(state, :bad_handshake, "the first frame must be a hello")
+  end
+
+  defp handle_message(%{type: :ping} = ping, state) do
+    send_frame(state, %{type: :pong, ref: Map.get(ping, :ref)})
+    state
+  end
+
+  defp handle_message(%{type: :open, session: id} = msg, state) when is_binary(id) do
+    options = Map.get(msg, :options, %{})
+
+    cond do
+      byte_size(id) == 0 or byte_size(id) > @max_session_id_bytes ->
+        reply_error(state, :bad_request, "session id must be 1 to #{@max_session_id_bytes} bytes")
+        state
+
+      not is_map(options) ->
+        reply_error(state, :bad_request, "options must be a map", id)
+        state
+
+      true ->
+        start_session(id, [owner: self(), options: options], state)
+    end
+  end
+
+  defp handle_message(%{type: :fork, session: id, at: at, new_session: new_id}, state)
+       when is_binary(new_id) and is_integer(at) and at >= 0 do
+    with_session(state, id, fn pid ->
+      case Session.context_at(pid, at) do
+        {:ok, context, options} ->
+          opts = [owner: self(), options: options, context: context, forked_from: {id, at}]
+          start_session(new_id, opts, state)
+
+        {:error, message} ->
+          reply_error(state, :bad_request, message, id)
+          state
+      end
+    end)
+  end
+
+  defp handle_message(%{type: type, session: id} = msg, state) when is_binary(id) do
+    case request(type, msg) do
+      {:ok, request} ->
+        with_session(state, id, fn pid ->
+          Session.request(pid, request)
+          state
+        end)
+
+      {:error, message} ->
+        reply_error(state, :bad_request, message, id)
+        state
+    end
+  end
+
+  defp handle_message(message, state) do
+    reply_error(state, :bad_request, "cannot act on #{describe(message)}")
+    state
+  end
+
+  defp request(:chunk, %{text: text}) when is_binary(text), do: {:ok, {:chunk, text}}
+  defp request(:end, _msg), do: {:ok, :end}
+  defp request(:eval, %{code: code}) when is_binary(code), do: {:ok, {:eval, code}}
+  defp request(:cancel, _msg), do: {:ok, :cancel}
+  defp request(:close, _msg), do: {:ok, :close}
+
+  defp request(:rewind, %{to: to}) when is_integer(to) and to >= 0, do: {:ok, {:rewind, to}}
+
+  defp request(type, _msg) when type in [:chunk, :eval, :rewind, :fork],
+    do: {:error, "#{type}: missing or mistyped fields (see protocol/bridge.md)"}
+
+  defp request(type, _msg), do: {:error, "unknown request type #{inspect(type)}"}
+
+  # -- sessions
+
+  defp start_session(id, opts, state) do
+    case Session.start(id, opts) do
+      {:ok, pid} ->
+        Process.monitor(pid)
+        %{state | sessions: Map.put(state.sessions, id, pid)}
+
+      {:error, {:already_started, _}} ->
+        reply_error(state, :session_exists, "session #{inspect(id)} already exists", id)
+        state
+
+      {:error, reason} ->
+        reply_error(state, :internal, "could not open session: #{inspect(reason)}", id)
+        state
+    end
+  end
+
+  defp with_session(state, id, fun) do
+    case Map.fetch(state.sessions, id) do
+      {:ok, pid} ->
+        fun.(pid)
+
+      :error ->
+        reply_error(state, :unknown_session, "no session #{inspect(id)} on this connection", id)
+        state
+    end
+  end
+
+  # -- helpers
+
+  defp secret_matches?(given, expected) do
+    byte_size(given) == byte_size(expected) and :crypto.hash_equals(given, expected)
+  end
+
+  defp describe(%{type: type}), do: "a #{inspect(type)} message with these fields"
+  defp describe(map) when is_map(map), do: "a map without a type"
+  defp describe(_other), do: "a term that is not a map"
+
+  defp refuse(state, code, message) do
+    reply_error(state, code, message)
+    :gen_tcp.close(state.socket)
+    nil
+  end
+
+  defp reply_error(state, code, message, session \\ nil) do
+    error = %{type: :error, code: code, message: message}
+    send_frame(state, if(session, do: Map.put(error, :session, session), else: error))
+  end
+
+  defp send_frame(state, message) do
+    :gen_tcp.send(state.socket, :erlang.term_to_binary(message))
+  end
+end

@@ -1,0 +1,175 @@
+defmodule BeamBridge.Evaluator do
+  @moduledoc """
+  Runs one fragment in a fresh process, so that it can be limited and
+  killed without touching the session.
+
+  `start/4` spawns the evaluation with its `BeamBridge.IOProxy` as group
+  leader and a heap limit, and returns at once. The outcome reaches the
+  session through the proxy as `{:evaluation_result, ref, outcome}`, where
+  `outcome` is
+
+      {:ok, %{value: binary, data: term, elapsed_us: integer}, context}
+      {:error, %{kind: binary, message: binary, line: integer | nil, elapsed_us: integer}}
+
+  `value` is the bounded `inspect` text and `data` the JSON-shaped copy of
+  the value (`nil` when it does not map cleanly). Both are computed inside
+  the evaluation, under its limits, since a small term can expand without
+  bound when it is printed.
+  """
+
+  alias BeamBridge.IOProxy
+
+  @file_name "fragment"
+  @max_value_bytes 64 * 1024
+  @data_budget 10_000
+
+  @typedoc "Bindings and env: what a session carries from fragment to fragment."
+  @type context :: {Code.binding(), Macro.Env.t()}
+
+  @type running :: %{pid: pid, proxy: pid, ref: reference, monitor: reference}
+
+  @doc "The context of a fresh session."
+  @spec new_context() :: context
+  def new_context, do: {[], Code.env_for_eval(file: @file_name)}
+
+  @doc """
+  Starts evaluating `code` (whose first line is `line` within its block) in
+  `context`, reporting to the calling process.
+
+  Options (required): `:max_heap_bytes`, `:max_output_bytes`.
+  """
+  @spec start(binary, pos_integer, context, map) :: running
+  def start(code, line, context, limits) do
+    session = self()
+    ref = make_ref()
+    proxy = IOProxy.start(session, ref, limits.max_output_bytes)
+    heap_words = div(limits.max_heap_bytes, :erlang.system_info(:wordsize))
+
+    {pid, monitor} =
+      :erlang.spawn_opt(
+        fn ->
+          Process.group_leader(self(), proxy)
+          IOProxy.finish(proxy, run(code, line, context))
+        end,
+        [:monitor, max_heap_size: %{size: heap_words, kill: true, error_logger: false}]
+      )
+
+    %{pid: pid, proxy: proxy, ref: ref, monitor: monitor}
+  end
+
+  @doc """
+  Evaluates `code` in `context` in the calling process and describes the
+  outcome (see the moduledoc). Used by `start/4`, and directly by benchmarks.
+  """
+  @spec run(binary, pos_integer, context) :: {:ok, map, context} | {:error, map}
+  def run(code, line, {binding, env}) do
+    started = System.monotonic_time(:microsecond)
+
+    outcome =
+      try do
+        quoted = Code.string_to_quoted!(code, line: line, file: @file_name)
+        {value, binding, env} = Code.eval_quoted_with_env(quoted, binding, env)
+        {:ok, value, {binding, prune(env)}}
+      rescue
+        exception -> {:error, exception_kind(exception), Exception.message(exception),
+                      error_line(exception, __STACKTRACE__)}
+      catch
+        :throw, value -> {:error, "throw", "uncaught throw: " <> inspect(value), stack_line(__STACKTRACE__)}
+        :exit, reason -> {:error, "exit", Exception.format_exit(reason), stack_line(__STACKTRACE__)}
+      end
+
+    elapsed = System.monotonic_time(:microsecond) - started
+
+    case outcome do
+      {:ok, value, context} ->
+        {:ok, %{value: value_text(value), data: data(value), elapsed_us: elapsed}, context}
+
+      {:error, kind, message, line} ->
+        {:error, %{kind: kind, message: message, line: line, elapsed_us: elapsed}}
+    end
+  end
+
+  # The env that comes back from an eval keeps per-evaluation state (the
+  # current line, version counters) that should not leak into the next one.
+  defp prune(env), do: %{env | line: 1}
+
+  # -- errors
+
+  defp exception_kind(%{__struct__: module}) do
+    module |> Module.split() |> Enum.join(".")
+  end
+
+  defp error_line(%{line: line}, _stack) when is_integer(line) and line > 0, do: line
+  defp error_line(_exception, stack), do: stack_line(stack)
+
+  # The innermost frame that belongs to the fragment's own source.
+  defp stack_line(stack) do
+    Enum.find_value(stack, fn {_m, _f, _a, info} ->
+      if info[:file] == String.to_charlist(@file_name), do: info[:line]
+    end)
+  end
+
+  # -- values
+
+  defp value_text(value) do
+    text = inspect(value, limit: 100, printable_limit: 8192)
+
+    if byte_size(text) > @max_value_bytes do
+      binary_part(text, 0, @max_value_bytes) <> "…"
+    else
+      text
+    end
+  end
+
+  @doc """
+  The JSON-shaped copy of `value`, or `nil` when it does not map cleanly:
+  integers, floats, UTF-8 strings, booleans, `nil`, lists, and maps whose
+  keys are strings or atoms (which become strings). Values larger than
+  #{@data_budget} nodes are not copied.
+  """
+  @spec data(term) :: term
+  def data(value) do
+    case to_data(value, @data_budget) do
+      {:ok, data, _budget} -> data
+      :error -> nil
+    end
+  end
+
+  defp to_data(_value, budget) when budget <= 0, do: :error
+  defp to_data(v, budget) when is_integer(v) or is_float(v) or is_boolean(v) or is_nil(v),
+    do: {:ok, v, budget - 1}
+
+  defp to_data(v, budget) when is_binary(v) do
+    if String.valid?(v), do: {:ok, v, budget - 1}, else: :error
+  end
+
+  defp to_data(v, budget) when is_list(v), do: list_to_data(v, [], budget - 1)
+
+  defp to_data(v, budget) when is_map(v) and not is_struct(v) do
+    Enum.reduce_while(v, {:ok, %{}, budget - 1}, fn {key, item}, {:ok, acc, budget} ->
+      with {:ok, key} <- key_to_data(key), {:ok, item, budget} <- to_data(item, budget) do
+        {:cont, {:ok, Map.put(acc, key, item), budget}}
+      else
+        _ -> {:halt, :error}
+      end
+    end)
+  end
+
+  defp to_data(_value, _budget), do: :error
+
+  defp list_to_data([], acc, budget), do: {:ok, Enum.reverse(acc), budget}
+
+  defp list_to_data([item | rest], acc, budget) do
+    case to_data(item, budget) do
+      {:ok, item, budget} -> list_to_data(rest, [item | acc], budget)
+      :error -> :error
+    end
+  end
+
+  # Improper lists do not map to JSON.
+  defp list_to_data(_tail, _acc, _budget), do: :error
+
+  defp key_to_data(key) when is_binary(key), do: if(String.valid?(key), do: {:ok, key}, else: :error)
+  defp key_to_data(key) when is_atom(key) and key not in [nil, true, false], do: {:ok, Atom.to_string(key)}
+  defp key_to_data(_key), do: :error
+end

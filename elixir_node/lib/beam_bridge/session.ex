@@ -1,0 +1,379 @@
+defmodule BeamBridge.Session do
+  @moduledoc """
+  One session: its context, the history of contexts after each committed
+  fragment, the splitter holding the pending buffer, and the queue of
+  committed fragments waiting to run.
+
+  Text arrives as `{:chunk, text}` requests; the `BeamBridge.Splitter` hands
+  back fragments as soon as each is certain to be complete. Each fragment
+  gets the next index (1, 2, … over the session's life), is announced to the
+  owner at once, and joins the queue. Fragments run one at a time, in order,
+  each in its own process (`BeamBridge.Evaluator`), so evaluating fragment
+  *n* overlaps with fragment *n + 1* still arriving.
+
+  Every event goes to the owner (the gateway connection) as
+  `{:bridge_event, map}`, in the shapes of `protocol/bridge.md`.
+
+  The context changes only when a fragment succeeds. `history` maps every
+  finished fragment's index to the context after it (index 0 is the fresh
+  context), which is what `rewind` and `fork` read; BEAM terms are
+  immutable, so an entry costs only what the fragment added.
+
+  Options (from the `open` request, all optional):
+
+    * `:on_error` - `:continue` (default) or `:halt`: after a failure,
+      the rest of the block is skipped
+    * `:limits` - lowers the server's limits, see `BeamBridge.Config`
+  """
+
+  use GenServer, restart: :temporary
+
+  alias BeamBridge.{Config, Evaluator, IOProxy, Splitter}
+
+  @type request ::
+          {:chunk, binary}
+          | :end
+          | {:eval, binary}
+          | :cancel
+          | {:rewind, non_neg_integer}
+          | :close
+
+  # -- API
+
+  @doc """
+  Starts the session `id` under the session supervisor.
+
+  Options: `:owner` (required, receives the events), `:options` (the client's
+  session options), `:context` and `:forked_from` (`{id, at}`) for a fork.
+  """
+  @spec start(binary, keyword) :: DynamicSupervisor.on_start_child()
+  def start(id, opts) do
+    DynamicSupervisor.start_child(BeamBridge.SessionSupervisor, {__MODULE__, {id, opts}})
+  end
+
+  @doc false
+  def start_link({id, opts}) do
+    GenServer.start_link(__MODULE__, {id, opts}, name: via(id))
+  end
+
+  @doc "Looks up a live session by id."
+  @spec whereis(binary) :: pid | nil
+  def whereis(id) do
+    case Registry.lookup(BeamBridge.SessionRegistry, id) do
+      [{pid, _}] -> pid
+      [] -> nil
+    end
+  end
+
+  @doc "Sends a request to the session; its answers come as events."
+  @spec request(pid, request) :: :ok
+  def request(pid, request), do: GenServer.cast(pid, {:request, request})
+
+  @doc """
+  The context after fragment `at` and the session's options, for a fork.
+  Fails when fragment `at` has not finished.
+  """
+  @spec context_at(pid, non_neg_integer) :: {:ok, Evaluator.context(), map} | {:error, binary}
+  def context_at(pid, at), do: GenServer.call(pid, {:context_at, at})
+
+  defp via(id), do: {:via, Registry, {BeamBridge.SessionRegistry, id}}
+
+  # -- server
+
+  @impl true
+  def init({id, opts}) do
+    owner = Keyword.fetch!(opts, :owner)
+    Process.monitor(owner)
+    options = normalize_options(Keyword.get(opts, :options, %{}))
+    context = Keyword.get(opts, :context, Evaluator.new_context())
+
+    state = %{
+      id: id,
+      owner: owner,
+      options: options,
+      limits: Config.session_limits(Map.get(options, :limits, %{})),
+      splitter: Splitter.new(),
+      context: context,
+      history: %{0 => context},
+      next_index: 1,
+      queue: :queue.new(),
+      running: nil,
+      block: 1,
+      block_fragments: 0,
+      block_errors: %{},
+      halted: MapSet.new()
+    }
+
+    opened =
+      case Keyword.get(opts, :forked_from) do
+        {from, at} -> %{forked_from: from, at: at}
+        nil -> %{}
+      end
+
+    emit(state, :opened, opened)
+    {:ok, state}
+  end
+
+  @impl true
+  def handle_cast({:request, request}, state) do
+    case handle_request(request, state) do
+      {:stop, state} -> {:stop, :normal, state}
+      state -> {:noreply, run_next(state)}
+    end
+  end
+
+  @impl true
+  def handle_call({:context_at, at}, _from, state) do
+    case Map.fetch(state.history, at) do
+      {:ok, context} ->
+        {:reply, {:ok, context, state.options}, state}
+
+      :error ->
+        {:reply, {:error, "fragment #{at} has not finished in session #{inspect(state.id)}"},
+         state}
+    end
+  end
+
+  @impl true
+  def handle_info({:evaluation_output, ref, text}, %{running: %{ref: ref}} = state) do
+    emit(state, :output, %{index: state.running.index, text: text})
+    {:noreply, state}
+  end
+
+  def handle_info({:evaluation_result, ref, outcome}, %{running: %{ref: ref} = running} = state) do
+    Process.demonitor(running.monitor, [:flush])
+    cancel_timer(running.timer)
+
+    state =
+      case outcome do
+        {:ok, result, context} ->
+          finish(%{state | context: context}, running, Map.put(result, :ok, true))
+
+        {:error, error} ->
+          {elapsed, error} = Map.pop(error, :elapsed_us)
+          finish(state, running, %{ok: false, error: error, elapsed_us: elapsed})
+      end
+
+    {:noreply, run_next(state)}
+  end
+
+  def handle_info({:evaluation_timeout, ref}, %{running: %{ref: ref}} = state) do
+    message = "evaluation exceeded #{state.limits.timeout_ms} ms"
+    {:noreply, run_next(kill_running(state, "timeout", message))}
+  end
+
+  def handle_info({:evaluation_output_limit, ref}, %{running: %{ref: ref}} = state) do
+    message = "output exceeded #{state.limits.max_output_bytes} bytes"
+    {:noreply, run_next(kill_running(state, "output_limit", message))}
+  end
+
+  # The evaluation died without a result: with a normal exit the result is
+  # still on its way through the proxy; `:killed` here can only be the heap
+  # limit, since the session demonitors before killing.
+  def handle_info({:DOWN, monitor, :process, _, reason}, %{running: %{monitor: monitor}} = state) do
+    case reason do
+      :normal ->
+        {:noreply, state}
+
+      :killed ->
+        message = "evaluation exceeded #{state.limits.max_heap_bytes} bytes of heap"
+        {:noreply, run_next(kill_running(state, "memory", message))}
+
+      other ->
+        {:noreply, run_next(kill_running(state, "internal", inspect(other)))}
+    end
+  end
+
+  def handle_info({:DOWN, _, :process, owner, _}, %{owner: owner} = state) do
+    {:stop, :normal, kill_quietly(state)}
+  end
+
+  # Messages of evaluations that were already killed.
+  def handle_info(_stale, state), do: {:noreply, state}
+
+  # -- requests
+
+  defp handle_request({:chunk, text}, state) do
+    {fragments, splitter} = Splitter.feed(state.splitter, text)
+    commit(fragments, %{state | splitter: splitter})
+  end
+
+  defp handle_request(:end, state) do
+    {fragments, splitter} = Splitter.finish(state.splitter)
+    state = commit(fragments, %{state | splitter: splitter})
+    done = {:done, state.block, state.block_fragments}
+    %{state | queue: :queue.in(done, state.queue), block: state.block + 1, block_fragments: 0}
+  end
+
+  defp handle_request({:eval, code}, state) do
+    handle_request(:end, handle_request({:chunk, code}, state))
+  end
+
+  defp handle_request(:cancel, state), do: cancel(state)
+
+  defp handle_request({:rewind, to}, state) do
+    last = state.next_index - 1
+
+    if to > last do
+      emit(state, :error, %{
+        code: :bad_request,
+        message: "cannot rewind to fragment #{to}: the session has #{last}"
+      })
+
+      state
+    else
+      state = cancel(state)
+      history = Map.reject(state.history, fn {index, _} -> index > to end)
+      emit(state, :rewound, %{to: to})
+      %{state | context: Map.fetch!(history, to), history: history, next_index: to + 1}
+    end
+  end
+
+  defp handle_request(:close, state) do
+    state = kill_quietly(state)
+    emit(state, :closed, %{})
+    {:stop, state}
+  end
+
+  # -- committing and running
+
+  defp commit(fragments, state) do
+    Enum.reduce(fragments, state, fn fragment, state ->
+      index = state.next_index
+      emit(state, :fragment, %{index: index, code: fragment.code, line: fragment.line})
+      item = {:fragment, index, state.block, fragment}
+
+      %{state | queue: :queue.in(item, state.queue), next_index: index + 1,
+                block_fragments: state.block_fragments + 1}
+    end)
+  end
+
+  defp run_next(%{running: nil} = state) do
+    case :queue.out(state.queue) do
+      {:empty, _} ->
+        state
+
+      {{:value, item}, queue} ->
+        run_next(start(item, %{state | queue: queue}))
+    end
+  end
+
+  defp run_next(state), do: state
+
+  defp start({:done, block, fragments}, state) do
+    {errors, block_errors} = Map.pop(state.block_errors, block, 0)
+    emit(state, :done, %{fragments: fragments, errors: errors})
+    %{state | block_errors: block_errors, halted: MapSet.delete(state.halted, block)}
+  end
+
+  defp start({:fragment, index, block, %{error: %{} = error}}, state) do
+    result = %{ok: false, elapsed_us: 0, error: %{kind: "SyntaxError", message: error.message, line: error.line}}
+    record(state, index, block, result)
+  end
+
+  defp start({:fragment, index, block, fragment}, state) do
+    if MapSet.member?(state.halted, block) do
+      error = %{kind: "skipped", message: "an earlier fragment of this block failed", line: fragment.line}
+      record(state, index, block, %{ok: false, elapsed_us: 0, error: error})
+    else
+      running = Evaluator.start(fragment.code, fragment.line, state.context, state.limits)
+      timer = Process.send_after(self(), {:evaluation_timeout, running.ref}, state.limits.timeout_ms)
+      started = System.monotonic_time(:microsecond)
+      running = Map.merge(running, %{index: index, block: block, timer: timer, started: started})
+      %{state | running: running}
+    end
+  end
+
+  defp finish(state, running, result) do
+    record(%{state | running: nil}, running.index, running.block, result)
+  end
+
+  # Every fragment that ends, whatever the outcome, gets its result event and
+  # a history entry holding the context after it.
+  defp record(state, index, block, result) do
+    emit(state, :result, Map.put(result, :index, index))
+    state = %{state | history: Map.put(state.history, index, state.context)}
+
+    if result.ok do
+      state
+    else
+      state = %{state | block_errors: Map.update(state.block_errors, block, 1, &(&1 + 1))}
+      if state.options.on_error == :halt, do: %{state | halted: MapSet.put(state.halted, block)}, else: state
+    end
+  end
+
+  # Kills the running evaluation and reports it with `kind`. Output the proxy
+  # held or had already sent is delivered first, so it still precedes the
+  # result.
+  defp kill_running(%{running: running} = state, kind, message) do
+    elapsed = System.monotonic_time(:microsecond) - running.started
+    Process.demonitor(running.monitor, [:flush])
+    Process.exit(running.pid, :kill)
+    cancel_timer(running.timer)
+    held = IOProxy.stop(running.proxy)
+    state |> drain_output(running) |> emit_output(running, held)
+    error = %{kind: kind, message: message, line: nil}
+    finish(state, running, %{ok: false, elapsed_us: elapsed, error: error})
+  end
+
+  defp drain_output(state, %{ref: ref} = running) do
+    receive do
+      {:evaluation_output, ^ref, text} -> state |> emit_output(running, text) |> drain_output(running)
+    after
+      0 -> state
+    end
+  end
+
+  defp emit_output(state, _running, ""), do: state
+
+  defp emit_output(state, running, text) do
+    emit(state, :output, %{index: running.index, text: text})
+    state
+  end
+
+  # Cancel: the running fragment and everything queued end as `cancelled`;
+  # the pending buffer is dropped. Block ends already queued still report.
+  defp cancel(state) do
+    state =
+      if state.running, do: kill_running(state, "cancelled", "cancelled by the client"), else: state
+
+    {items, state} = {:queue.to_list(state.queue), %{state | queue: :queue.new()}}
+
+    state =
+      Enum.reduce(items, state, fn
+        {:fragment, index, block, fragment}, state ->
+          error = %{kind: "cancelled", message: "cancelled by the client", line: fragment.line}
+          record(state, index, block, %{ok: false, elapsed_us: 0, error: error})
+
+        done, state ->
+          start(done, state)
+      end)
+
+    %{state | splitter: Splitter.new()}
+  end
+
+  defp kill_quietly(%{running: nil} = state), do: state
+
+  defp kill_quietly(%{running: running} = state) do
+    Process.exit(running.pid, :kill)
+    Process.exit(running.proxy, :kill)
+    %{state | running: nil}
+  end
+
+  # -- helpers
+
+  defp normalize_options(options) when is_map(options) do
+    %{
+      on_error: if(Map.get(options, :on_error) in [:halt, "halt"], do: :halt, else: :continue),
+      trace: Map.get(options, :trace) == true,
+      limits: if(is_map(options[:limits]), do: options.limits, else: %{})
+    }
+  end
+
+  defp cancel_timer(nil), do: :ok
+  defp cancel_timer(timer), do: Process.cancel_timer(timer)
+
+  defp emit(state, type, fields) do
+    send(state.owner, {:bridge_event, Map.merge(fields, %{type: type, session: state.id})})
+  end
+end
