@@ -1,0 +1,327 @@
+"""The ``beambridge`` command: ``serve``, ``run FILE`` and ``demo``.
+
+``serve`` runs a gateway until SIGINT/SIGTERM. ``run`` streams a file the way
+a model writes (token-sized chunks at a steady rate) and prints events as they
+come; without ``--url`` it starts its own embedded stack. ``demo`` streams
+``examples/demo.exs`` through an embedded stack, printing each code line as
+it is sent and each result as it arrives, then a latency summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import signal
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .client import connect
+from .errors import BeambridgeError
+from .gateway import Gateway, GatewayConfig
+from .link import parse_address
+from .messages import Done, Event, Fragment, Output, Result, Step
+
+__all__ = ["main", "tokens"]
+
+DEFAULT_RATE = 40.0
+# Like a BPE tokenizer: leading whitespace sticks to the next word or symbol.
+_TOKEN = re.compile(r"\s*(?:\w{1,6}|[^\w\s]{1,2})|\s+")
+
+
+def tokens(text: str) -> list[str]:
+    """Cut text into model-token-sized chunks that join back to it."""
+    return _TOKEN.findall(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return asyncio.run(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BeambridgeError as exc:
+        print(f"beambridge: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="beambridge", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="warning", help="default: warning")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    auth = serve.add_mutually_exclusive_group()
+    auth.add_argument("--token", help="clients' bearer token (default: random, printed)")
+    auth.add_argument("--no-auth", action="store_true", help="loopback hosts only")
+    serve.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a running node (repeatable); its secret from BEAM_BRIDGE_SECRET"
+        " or BEAM_BRIDGE_SECRET_FILE. Without --node: an embedded node",
+    )
+    serve.add_argument("--max-message-bytes", type=int, default=1024 * 1024)
+    serve.add_argument(
+        "--debug-frames", action="store_true", help="log every frame at debug level"
+    )
+    serve.set_defaults(func=_serve)
+
+    run = sub.add_parser("run", help="stream a file and print events live")
+    run.add_argument("file", type=Path)
+    run.add_argument("--url", help="a gateway's ws:// URL (default: embedded stack)")
+    run.add_argument("--token", default=os.environ.get("BEAMBRIDGE_TOKEN"))
+    run.add_argument("--rate", type=float, default=DEFAULT_RATE, help="tokens per second")
+    run.set_defaults(func=_run)
+
+    demo = sub.add_parser("demo", help="stream examples/demo.exs on an embedded stack")
+    demo.add_argument("--rate", type=float, default=DEFAULT_RATE, help="tokens per second")
+    demo.add_argument("--file", type=Path, help="default: examples/demo.exs")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+# -- serve -------------------------------------------------------------------
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    if args.no_auth and not _is_loopback(args.host):
+        print("beambridge: --no-auth is allowed only on a loopback host", file=sys.stderr)
+        return 2
+    token = None if args.no_auth else (args.token or secrets.token_urlsafe(24))
+    nodes = tuple(parse_address(text) for text in args.node)
+    config = GatewayConfig(
+        host=args.host,
+        port=args.port,
+        token=token,
+        nodes=nodes,
+        secret=_node_secret() if nodes else None,
+        max_message_bytes=args.max_message_bytes,
+        debug_frames=args.debug_frames,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+        if token is not None and not args.token:
+            print(f"token: {token}", flush=True)
+        print(f"listening on {gateway.url}", flush=True)
+        await stop.wait()
+    finally:
+        await gateway.close()
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _node_secret() -> str:
+    if secret := os.environ.get("BEAM_BRIDGE_SECRET"):
+        return secret
+    if path := os.environ.get("BEAM_BRIDGE_SECRET_FILE"):
+        return Path(path).read_text().strip()
+    raise BeambridgeError("--node needs BEAM_BRIDGE_SECRET or BEAM_BRIDGE_SECRET_FILE")
+
+
+# -- run and demo ------------------------------------------------------------
+
+
+async def _run(args: argparse.Namespace) -> int:
+    text = args.file.read_text()
+    async with AsyncExitStack() as stack:
+        url, token = await _target(stack, args.url, args.token)
+        report = await _stream(url, token, text, args.rate, Console(highlight=False))
+    return 0 if report.done is not None else 1
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    path = args.file or _find_demo()
+    console = Console(highlight=False)
+    console.print(f"[bold]beambridge demo[/]: streaming {path.name} at {args.rate:g} tokens/s")
+    async with AsyncExitStack() as stack:
+        started = time.perf_counter()
+        url, token = await _target(stack, None, None)
+        console.print(f"[dim]embedded BEAM node and gateway up in {time.perf_counter() - started:.2f}s[/]\n")
+        report = await _stream(url, token, path.read_text(), args.rate, console, echo=True)
+    _summary(console, report)
+    return 0 if report.done is not None else 1
+
+
+async def _target(
+    stack: AsyncExitStack, url: str | None, token: str | None
+) -> tuple[str, str | None]:
+    """The gateway to talk to; without a URL, an embedded one for this run."""
+    if url is not None:
+        return url, token
+    token = secrets.token_urlsafe(24)
+    gateway = Gateway(GatewayConfig(port=0, token=token))
+    stack.push_async_callback(gateway.close)
+    await gateway.start()
+    await gateway.wait_nodes(timeout=60)
+    return gateway.url, token
+
+
+def _find_demo() -> Path:
+    here = Path(__file__).resolve()
+    for folder in [Path.cwd(), *here.parents]:
+        candidate = folder / "examples" / "demo.exs"
+        if candidate.is_file():
+            return candidate
+    raise BeambridgeError("cannot find examples/demo.exs")
+
+
+@dataclass
+class _Report:
+    """What a streamed block produced, with the client-side times of each."""
+
+    text: str
+    sent_at: list[tuple[int, float]] = field(default_factory=list)
+    fragments: dict[int, tuple[Fragment, float]] = field(default_factory=dict)
+    results: dict[int, tuple[Result, float]] = field(default_factory=dict)
+    done: Done | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def sent_chars(self) -> int:
+        return self.sent_at[-1][0] if self.sent_at else 0
+
+    def sent_time(self, offset: int) -> float | None:
+        """When the chunk holding character ``offset`` was sent."""
+        for end, at in self.sent_at:
+            if end > offset:
+                return at
+        return None
+
+
+async def _stream(
+    url: str,
+    token: str | None,
+    text: str,
+    rate: float,
+    console: Console,
+    *,
+    echo: bool = False,
+) -> _Report:
+    report = _Report(text)
+    interval = 1.0 / rate if rate > 0 else 0.0
+
+    async def chunks() -> AsyncIterator[str]:
+        line_start = 0
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        for token_text in tokens(text):
+            next_at += interval
+            if (delay := next_at - loop.time()) > 0:
+                await asyncio.sleep(delay)  # pacing the stream, not synchronising
+            yield token_text
+            sent = report.sent_chars() + len(token_text)
+            report.sent_at.append((sent, time.perf_counter()))
+            if echo:
+                while (nl := text.find("\n", line_start, sent)) != -1:
+                    number = text.count("\n", 0, line_start) + 1
+                    console.print(f"[dim]{number:4d} │ {escape(text[line_start:nl])}[/]")
+                    line_start = nl + 1
+
+    async with await connect(url, token=token) as client:
+        session = await client.open()
+        async for event in session.stream(chunks()):
+            _show(console, report, event, echo)
+        await session.close()
+    return report
+
+
+def _show(console: Console, report: _Report, event: Event, echo: bool) -> None:
+    now = time.perf_counter()
+    where = f"[dim]+{now - report.started:5.2f}s {report.sent_chars():5d}/{len(report.text)} sent[/] "
+    pad = "       ⮑ " if echo else where
+    if isinstance(event, Fragment):
+        report.fragments[event.index] = (event, now)
+        if not echo:
+            first = event.code.strip().splitlines()[0] if event.code.strip() else ""
+            console.print(f"{pad}[blue]#{event.index} ▸[/] {escape(first)}")
+    elif isinstance(event, Output):
+        for line in event.text.rstrip("\n").splitlines():
+            console.print(f"{pad}[cyan]#{event.index} │ {escape(line)}[/]")
+    elif isinstance(event, Step):
+        console.print(f"{pad}[dim]#{event.index} step {escape(event.value)}[/]")
+    elif isinstance(event, Result):
+        report.results[event.index] = (event, now)
+        if event.ok:
+            value = escape(event.value or "")
+            console.print(f"{pad}[green]#{event.index} ✓ {value}[/] [dim]({event.elapsed_us} µs)[/]")
+        else:
+            assert event.error is not None
+            line = f" (line {event.error.line})" if event.error.line else ""
+            console.print(
+                f"{pad}[red]#{event.index} ✗ {escape(event.error.kind)}: "
+                f"{escape(event.error.message)}{line}[/]"
+            )
+    elif isinstance(event, Done):
+        report.done = event
+        console.print(
+            f"{where}[bold]done[/]: {event.fragments} fragments, {event.errors} errors"
+        )
+
+
+def _summary(console: Console, report: _Report) -> None:
+    """Latency per fragment: evaluation, commit → result, last char → result."""
+    evals, commits, lags = [], [], []
+    offset = 0
+    for index in sorted(report.results):
+        result, got = report.results[index]
+        fragment, committed = report.fragments[index]
+        evals.append(result.elapsed_us / 1000)
+        commits.append((got - committed) * 1000)
+        found = report.text.find(fragment.code, offset)
+        if found >= 0:
+            offset = found + len(fragment.code)
+            sent = report.sent_time(offset - 1)
+            if sent is not None:
+                lags.append((got - sent) * 1000)
+    table = Table(title="latency (ms)", title_justify="left")
+    for column in ("measure", "p50", "max", "n"):
+        table.add_column(column, justify="right" if column != "measure" else "left")
+    rows = (
+        ("evaluation on the node", evals),
+        ("commit → result at client", commits),
+        ("last char sent → result", lags),
+    )
+    for name, values in rows:
+        if values:
+            table.add_row(name, f"{statistics.median(values):.2f}", f"{max(values):.2f}", str(len(values)))
+    console.print()
+    console.print(table)
+    console.print(
+        "[dim]'last char sent → result' includes waiting for the next token: a"
+        " fragment commits once the text after it shows it cannot continue.[/]"
+    )

@@ -1,0 +1,524 @@
+"""The gateway: websocket clients on one side, BEAM nodes on the other.
+
+A client message is validated (``messages``), turned into a bridge frame and
+written to the link that carries its session, without awaiting, so frames
+keep the order of the messages. Node events come back through the link to
+the session's :class:`_Session`, which keeps just enough block state to
+answer for the node if it is lost (``node_down`` results, the block's
+``done``), and are queued to the connection's writer as JSON. ``/healthz``
+and ``/metrics`` share the websocket port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import json
+import logging
+import secrets
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from . import etf
+from .embedded import EmbeddedNode
+from .errors import NodeUnavailable, ProtocolError
+from .etf import Atom
+from .link import Address, BeamLink, NodePool
+from .messages import (
+    Cancel,
+    Chunk,
+    ClientMessage,
+    Close,
+    Closed,
+    Done,
+    End,
+    Error,
+    ErrorInfo,
+    Eval,
+    Fork,
+    Open,
+    Result,
+    Rewind,
+    event_dict,
+    parse_client_message,
+)
+from .metrics import Metrics
+
+__all__ = ["Gateway", "GatewayConfig"]
+
+logger = logging.getLogger("beambridge.gateway")
+
+STREAM_PATH = "/v1/stream"
+ERROR_CODES = {"bad_request", "unknown_session", "limit", "node_unavailable", "internal"}
+# Node error codes that are not websocket codes, and what a client sees.
+NODE_ERROR_CODES = {"frame_too_large": "limit", "bad_frame": "internal"}
+
+# Atoms of the bridge, made once: they are keys of every frame.
+TYPE, SESSION, TEXT, CODE = Atom("type"), Atom("session"), Atom("text"), Atom("code")
+CHUNK, END, EVAL = Atom("chunk"), Atom("end"), Atom("eval")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """How a gateway runs.
+
+    ``token`` None means no auth (loopback only, enforced by the CLI);
+    ``nodes`` empty means an embedded node; ``max_message_bytes`` bounds one
+    client message (larger ones get a ``limit`` error); messages beyond
+    four times that close the connection with 1009, since they are not
+    even read.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    nodes: tuple[Address, ...] = ()
+    secret: str | None = None
+    max_message_bytes: int = 1024 * 1024
+    debug_frames: bool = False
+
+
+class _ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        return f"[{self.extra['conn']}] {msg}", kwargs  # type: ignore[index]
+
+
+class Gateway:
+    """A running gateway; :meth:`start`, then :meth:`close` (idempotent)."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.embedded: EmbeddedNode | None = None
+        self.pool = NodePool([])
+        self._server: Server | None = None
+        self._connections: set[_Connection] = set()
+        self._ids = itertools.count(1)
+        self._healthy = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}{STREAM_PATH}"
+
+    async def start(self) -> None:
+        """Start the nodes' links (and the embedded node), then listen."""
+        config = self.config
+        if config.nodes:
+            if not config.secret:
+                raise ValueError("connecting to nodes needs their secret")
+            links = [self._link(_fixed(addr), config.secret, f"{addr[0]}:{addr[1]}") for addr in config.nodes]
+        else:
+            self.embedded = EmbeddedNode()
+            await self.embedded.start()
+            links = [self._link(self.embedded.address, self.embedded.secret, "embedded")]
+        self.pool = NodePool(links)
+        self.pool.start()
+        self._server = await serve(
+            self._handle,
+            config.host,
+            config.port,
+            process_request=self._process_request,
+            max_size=4 * config.max_message_bytes,
+            compression=None,
+        )
+        logger.info("gateway listening on %s", self.url)
+
+    def _link(self, resolve: Any, secret: str, name: str) -> BeamLink:
+        return BeamLink(
+            resolve,
+            secret,
+            name=name,
+            debug_frames=self.config.debug_frames,
+            on_state=self._nodes_changed,
+        )
+
+    def _nodes_changed(self) -> None:
+        self.metrics.nodes_connected = sum(link.connected for link in self.pool.links)
+        if self.metrics.nodes_connected:
+            self._healthy.set()
+        else:
+            self._healthy.clear()
+
+    async def wait_nodes(self, timeout: float) -> None:
+        """Wait until at least one node is connected."""
+        async with asyncio.timeout(timeout):
+            await self._healthy.wait()
+
+    async def close(self) -> None:
+        """Stop listening, close connections and links, stop the embedded node."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        await self.pool.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        logger.info("gateway stopped")
+
+    # -- HTTP ----------------------------------------------------------------
+
+    def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        url = urlsplit(request.path)
+        if url.path == "/healthz":
+            return self._healthz()
+        if url.path == "/metrics":
+            return _response(
+                HTTPStatus.OK,
+                self.metrics.render(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        if url.path != STREAM_PATH:
+            return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        if self.config.token is not None and not self._authorized(request, url.query):
+            return connection.respond(HTTPStatus.UNAUTHORIZED, "bad or missing token\n")
+        return None
+
+    def _authorized(self, request: Request, query: str) -> bool:
+        expected = self.config.token
+        assert expected is not None
+        given = ""
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            given = header[len("Bearer ") :]
+        else:
+            given = parse_qs(query).get("token", [""])[0]
+        return hmac.compare_digest(given.encode(), expected.encode())
+
+    def _healthz(self) -> Response:
+        nodes = self.pool.describe()
+        status = HTTPStatus.OK if nodes else HTTPStatus.SERVICE_UNAVAILABLE
+        body = {"status": "ok" if nodes else "unavailable", "nodes": nodes}
+        return _response(status, json.dumps(body), "application/json")
+
+    # -- websocket -----------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        conn = _Connection(self, ws, next(self._ids))
+        self._connections.add(conn)
+        self.metrics.connections += 1
+        try:
+            await conn.run()
+        finally:
+            self.metrics.connections -= 1
+            self._connections.discard(conn)
+
+
+def _fixed(address: Address) -> Any:
+    async def resolve() -> Address:
+        return address
+
+    return resolve
+
+
+def _response(status: HTTPStatus, body: str, content_type: str) -> Response:
+    data = body.encode()
+    headers = Headers(
+        [("Content-Type", content_type), ("Content-Length", str(len(data)))]
+    )
+    return Response(status.value, status.phrase, headers, data)
+
+
+class _Connection:
+    """One websocket client: its sessions and its ordered outbound queue."""
+
+    def __init__(self, gateway: Gateway, ws: ServerConnection, number: int) -> None:
+        self.gateway = gateway
+        self.metrics = gateway.metrics
+        self.ws = ws
+        self.debug_frames = gateway.config.debug_frames
+        self.log = _ConnLog(logger, {"conn": number})
+        self.sessions: dict[str, _Session] = {}
+        self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def run(self) -> None:
+        self.log.info("connection open from %s", self.ws.remote_address)
+        writer = asyncio.create_task(self._write())
+        try:
+            async for raw in self.ws:
+                self.receive(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._release()
+            self.outbox.put_nowait(None)
+            await writer
+            self.log.info("connection closed")
+
+    async def _write(self) -> None:
+        outbox, ws = self.outbox, self.ws
+        while (text := await outbox.get()) is not None:
+            try:
+                await ws.send(text)
+            except ConnectionClosed:
+                return
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Queue one event for the client, in order."""
+        text = json.dumps(event, ensure_ascii=False)
+        if self.debug_frames:
+            self.log.debug("> %s", text)
+        self.outbox.put_nowait(text)
+
+    def error(self, exc: ProtocolError) -> None:
+        self.metrics.protocol_errors_total[exc.code] += 1
+        self.emit(event_dict(Error(exc.code, exc.message, exc.ref, exc.session)))
+
+    def receive(self, raw: str | bytes) -> None:
+        """Act on one client message; protocol errors become ``error`` events."""
+        self.metrics.messages_total += 1
+        if self.debug_frames:
+            self.log.debug("< %s", raw)
+        try:
+            limit = self.gateway.config.max_message_bytes
+            if len(raw) > limit // 4 and len(_utf8(raw)) > limit:
+                raise ProtocolError(
+                    "limit", f"message of {len(_utf8(raw))} bytes exceeds {limit}"
+                )
+            self._act(parse_client_message(raw))
+        except ProtocolError as exc:
+            self.error(exc)
+        except Exception:
+            self.log.exception("failed on a client message")
+            self.error(ProtocolError("internal", "the gateway failed on this message"))
+
+    def _act(self, msg: ClientMessage) -> None:
+        if isinstance(msg, Chunk):
+            s = self._session(msg.session)
+            s.send({TYPE: CHUNK, SESSION: s.id, TEXT: msg.text})
+        elif isinstance(msg, Eval):
+            s = self._session(msg.session)
+            s.ends += 1
+            s.send({TYPE: EVAL, SESSION: s.id, CODE: msg.code})
+        elif isinstance(msg, End):
+            s = self._session(msg.session)
+            s.ends += 1
+            s.send({TYPE: END, SESSION: s.id})
+        elif isinstance(msg, Open):
+            self._open(msg)
+        elif isinstance(msg, Cancel):
+            s = self._session(msg.session)
+            s.send(etf.message("cancel", session=s.id))
+        elif isinstance(msg, Rewind):
+            s = self._session(msg.session)
+            s.send(etf.message("rewind", session=s.id, to=msg.to))
+        elif isinstance(msg, Fork):
+            self._fork(msg)
+        elif isinstance(msg, Close):
+            self._close(msg)
+
+    def _session(self, sid: str) -> _Session:
+        s = self.sessions.get(sid)
+        if s is None or s.closing:
+            raise ProtocolError("unknown_session", f"no open session {sid!r}", session=sid)
+        if s.lost:
+            raise ProtocolError(
+                "node_unavailable",
+                f"session {sid!r} was lost with its node; open a new one",
+                session=sid,
+            )
+        return s
+
+    def _open(self, msg: Open) -> None:
+        options = _node_options(msg.options, ref=msg.ref)
+        try:
+            link = self.gateway.pool.pick()
+        except NodeUnavailable as exc:
+            raise ProtocolError("node_unavailable", str(exc), ref=msg.ref) from exc
+        s = self._register(link, msg.ref)
+        fields: dict[str, Any] = {"session": s.id}
+        if options:
+            fields["options"] = options
+        s.send(etf.message("open", **fields))
+
+    def _fork(self, msg: Fork) -> None:
+        parent = self._session(msg.session)
+        child = self._register(parent.link, msg.ref)
+        parent.send(
+            etf.message("fork", session=parent.id, at=msg.at, new_session=child.id)
+        )
+
+    def _register(self, link: BeamLink, ref: str) -> _Session:
+        s = _Session(self, link, "s" + secrets.token_hex(8), ref)
+        self.sessions[s.id] = s
+        link.sessions[s.id] = s
+        self.metrics.sessions += 1
+        return s
+
+    def _close(self, msg: Close) -> None:
+        s = self.sessions.get(msg.session)
+        if s is None or s.closing:
+            raise ProtocolError(
+                "unknown_session", f"no open session {msg.session!r}", session=msg.session
+            )
+        if s.lost:
+            s.forget()
+            self.emit(event_dict(Closed(s.id)))
+            return
+        s.closing = True
+        s.send(etf.message("close", session=s.id))
+
+    def _release(self) -> None:
+        """Close on the node every session this connection leaves open.
+
+        Routes stay on the link until the node's ``closed`` arrives, so the
+        link's session count shows what the node still holds.
+        """
+        for s in list(self.sessions.values()):
+            s.forget()
+            if s.lost or s.closing:
+                continue
+            s.closing = True
+            try:
+                s.link.send(etf.message("close", session=s.id))
+            except NodeUnavailable:
+                pass  # the node went away too; its sessions went with it
+
+
+class _Session:
+    """The gateway's view of one session: route, block state, node loss."""
+
+    __slots__ = (
+        "conn", "link", "id", "ref", "opened", "closing", "lost",
+        "ends", "pending", "block_fragments", "block_errors",
+    )  # fmt: skip
+
+    def __init__(self, conn: _Connection, link: BeamLink, sid: str, ref: str) -> None:
+        self.conn = conn
+        self.link = link
+        self.id = sid
+        self.ref = ref
+        self.opened = False
+        self.closing = False
+        self.lost = False
+        self.ends = 0
+        self.pending: dict[int, float] = {}
+        self.block_fragments = 0
+        self.block_errors = 0
+
+    def send(self, msg: dict[Any, Any]) -> None:
+        try:
+            self.link.send(msg)
+        except NodeUnavailable as exc:
+            raise ProtocolError("node_unavailable", str(exc), session=self.id) from exc
+
+    def forget(self) -> None:
+        if self.conn.sessions.pop(self.id, None) is not None:
+            self.conn.metrics.sessions -= 1
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        """Forward one node event, keeping the block's state."""
+        kind = event["type"]
+        metrics = self.conn.metrics
+        if kind == "fragment":
+            self.pending[event["index"]] = time.perf_counter()
+            self.block_fragments += 1
+            metrics.fragments_total += 1
+        elif kind == "result":
+            event["executor"] = "beam"
+            started = self.pending.pop(event.get("index"), None)
+            if started is not None:
+                metrics.observe_latency(time.perf_counter() - started)
+            if not event.get("ok"):
+                self.block_errors += 1
+                error = event.get("error") or {}
+                metrics.errors_total[str(error.get("kind"))] += 1
+        elif kind == "done":
+            self.ends = max(0, self.ends - 1)
+            self.block_fragments = self.block_errors = 0
+        elif kind == "opened":
+            self.opened = True
+            event["ref"] = self.ref
+        elif kind == "closed":
+            self.forget()
+        elif kind == "error":
+            self._node_error(event)
+            return
+        self.conn.emit(event)
+
+    def _node_error(self, event: dict[str, Any]) -> None:
+        node_code = str(event.get("code"))
+        code = node_code if node_code in ERROR_CODES else NODE_ERROR_CODES.get(node_code, "internal")
+        out = {"type": "error", "code": code, "message": str(event.get("message", ""))}
+        if not self.opened:
+            # The open itself failed: the client knows the session only by ref.
+            out["ref"] = self.ref
+            self.link.sessions.pop(self.id, None)
+            self.forget()
+        else:
+            out["session"] = self.id
+        if code != node_code:
+            out["node_code"] = node_code
+        self.conn.metrics.protocol_errors_total[code] += 1
+        self.conn.emit(out)
+
+    def node_down(self) -> None:
+        """The node is gone: answer for what it can no longer answer."""
+        conn = self.conn
+        self.lost = True
+        now = time.perf_counter()
+        for index in sorted(self.pending):
+            elapsed = int((now - self.pending[index]) * 1e6)
+            info = ErrorInfo("node_down", "the BEAM node went away during evaluation")
+            conn.emit(event_dict(Result(self.id, index, False, elapsed, error=info)))
+            self.block_errors += 1
+            conn.metrics.errors_total["node_down"] += 1
+        self.pending.clear()
+        for _ in range(self.ends):
+            conn.emit(event_dict(Done(self.id, self.block_fragments, self.block_errors)))
+            self.block_fragments = self.block_errors = 0
+        self.ends = 0
+        if not self.opened:
+            conn.error(ProtocolError("node_unavailable", "the node went away before the session opened", ref=self.ref))
+            self.forget()
+        elif self.closing:
+            conn.emit(event_dict(Closed(self.id)))
+            self.forget()
+        else:
+            conn.error(
+                ProtocolError(
+                    "node_unavailable",
+                    "the session's node went away; its context is lost",
+                    session=self.id,
+                )
+            )
+
+
+def _node_options(options: dict[str, Any], *, ref: str) -> dict[Atom, Any]:
+    """The bridge form of validated ``open`` options."""
+    if "compiled" in options.get("executors", ["beam"]):
+        raise ProtocolError(
+            "bad_request",
+            "the compiled executor is not available on this gateway",
+            ref=ref,
+        )
+    out: dict[Atom, Any] = {}
+    if "on_error" in options:
+        out[Atom("on_error")] = Atom(options["on_error"])
+    if "trace" in options:
+        out[Atom("trace")] = bool(options["trace"])
+    if options.get("limits"):
+        out[Atom("limits")] = {Atom(k): v for k, v in options["limits"].items()}
+    return out
+
+
+def _utf8(raw: str | bytes) -> bytes:
+    return raw.encode() if isinstance(raw, str) else raw
