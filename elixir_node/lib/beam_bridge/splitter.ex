@@ -1,0 +1,453 @@
+defmodule BeamBridge.Splitter do
+  @moduledoc """
+  Cuts the text of a block into fragments, one per top-level expression,
+  as soon as each is certain to be complete.
+
+  The session feeds every chunk of a block into its splitter and queues
+  the fragments that come back for evaluation; `finish/1` ends the block.
+  The splitter is a plain data structure: it holds only text that is not
+  committed yet, never a process.
+
+  ## How fragments are found
+
+  Decisions are taken only when a line is complete, so a chunk that ends
+  in the middle of a token can never commit anything early. Every
+  decision asks Elixir's parser (`Code.string_to_quoted/2`), never a
+  pattern over the text:
+
+    * while the pending text is unfinished (an open `do`, bracket,
+      string, heredoc or sigil, or a trailing operator), each new line
+      is appended and the pending text is parsed again;
+    * once it parses, blank and comment-only lines are held back, and the
+      next line with code decides: if parsing the pending text together
+      with that line gives the same leading expressions plus new ones,
+      the pending text is committed; if the line changes the last
+      expression (it starts with a binary operator such as `|>`, `.`,
+      `and` or `when`), it continues it. A line starting with `+` or `-`
+      is a unary expression, as the parser sees it. When the joint text is
+      unfinished or broken, the line begins a new expression exactly when
+      it can begin one on its own;
+    * expressions separated by `;` become separate fragments with the
+      same line; they are committed together with the last one.
+
+  Fragment text is the exact source of the expression, with surrounding
+  whitespace, separating `;` and the blank and comment-only lines between
+  fragments left out. Lines are counted from 1 in each block.
+
+  ## Text that can never parse
+
+  A parse error that is not "the input ends too early" makes the pending
+  text a broken fragment, reported with the parser's message and line:
+
+    * a line that cannot begin an expression (a stray `)`, `end` or
+      `|> )`) belongs to the expression before it, so that expression is
+      reported broken with it rather than run without its tail;
+    * otherwise the broken fragment starts at the first line of the
+      unfinished expression and runs up to the next line that is indented
+      no deeper than that first line and that starts an expression on its
+      own; the lines in between (the rest of a broken `do` block, for
+      instance) are part of the broken fragment;
+    * at `finish/1`, unfinished pending text is a broken fragment too.
+
+  The tokenizer reports a missing terminator before any parse error, so
+  an error inside an open `do … end` or bracket is found only when it
+  closes; an open construct that never closes takes the rest of the block
+  into one broken fragment, as the parse of the whole block would.
+
+  ## Cost
+
+  Each line is parsed once on its own at most, plus the pending text it
+  joins; committed text is dropped. The cost is linear in the stream as
+  long as fragments are short; a fragment of `n` lines is parsed at each
+  of its lines, so its cost grows with `n²` (a 1,000-line module is
+  parsed 1,000 times).
+
+  ## Atoms
+
+  Parsing never creates atoms: names unknown to the VM reach the syntax
+  tree as `{:unknown_name, binary}` through `:static_atoms_encoder`, which
+  the parser calls for identifiers, aliases, keyword keys and atom
+  literals alike. The trees stay inside the splitter; the evaluator parses
+  each fragment's text again under its own rules.
+
+  ## Known limit
+
+  A line starting with `..` continues the line before it (it is the
+  binary range operator there), but when that line is also unfinished on
+  its own it is taken as a new expression.
+  """
+
+  # Nesting deeper than this in one line is taken to begin an expression.
+  @max_closers 32
+
+  defstruct partial: "", line: 1, pending: "", pending_line: 1, status: :empty
+
+  @typedoc "A fragment: its exact source, first line in the block and parse error, if any."
+  @type fragment :: %{
+          code: binary,
+          line: pos_integer,
+          error: nil | %{message: binary, line: pos_integer}
+        }
+
+  @typedoc """
+  Splitter state. `status` describes `pending`, the complete lines not yet
+  committed:
+
+    * `:empty` - nothing pending;
+    * `{:complete, size, exprs}` - the first `size` bytes parse as
+      `exprs`; the rest is blank and comment-only lines;
+    * `:incomplete` - an expression that is not finished yet;
+    * `{:broken, error, indent}` - text that can never parse, held until a
+      line indented at most `indent` starts an expression.
+  """
+  @opaque t :: %__MODULE__{
+            partial: binary,
+            line: pos_integer,
+            pending: binary,
+            pending_line: pos_integer,
+            status:
+              :empty
+              | :incomplete
+              | {:complete, non_neg_integer, list}
+              | {:broken, map, non_neg_integer}
+          }
+
+  @doc """
+  Returns a splitter for a new block.
+
+  No options are used yet; unknown ones are ignored.
+  """
+  @spec new(keyword) :: t
+  def new(opts \\ []) when is_list(opts), do: %__MODULE__{}
+
+  @doc """
+  Appends `chunk` to the block and returns the fragments it commits, in
+  order.
+  """
+  @spec feed(t, binary) :: {[fragment], t}
+  def feed(%__MODULE__{} = splitter, chunk) when is_binary(chunk) do
+    case :binary.split(chunk, "\n", [:global]) do
+      [_no_newline] ->
+        {[], %{splitter | partial: splitter.partial <> chunk}}
+
+      [first | rest] ->
+        {complete, [partial]} = Enum.split(rest, -1)
+        lines = [splitter.partial <> first | complete]
+        splitter = %{splitter | partial: partial}
+
+        {fragments, splitter} =
+          Enum.reduce(lines, {[], splitter}, fn line, {fragments, splitter} ->
+            {new, splitter} = take_line(splitter, line <> "\n")
+            {Enum.reverse(new, fragments), splitter}
+          end)
+
+        {Enum.reverse(fragments), splitter}
+    end
+  end
+
+  @doc """
+  Ends the block: commits everything pending, unfinished text as a broken
+  fragment, and returns a splitter ready for the next block.
+  """
+  @spec finish(t) :: {[fragment], t}
+  def finish(%__MODULE__{} = splitter) do
+    {last, splitter} =
+      case splitter.partial do
+        "" -> {[], splitter}
+        partial -> take_line(%{splitter | partial: ""}, partial)
+      end
+
+    {last ++ flush(splitter), new()}
+  end
+
+  @doc "Returns the text received in this block and not committed yet."
+  @spec pending(t) :: binary
+  def pending(%__MODULE__{pending: pending, partial: partial}), do: pending <> partial
+
+  # Lines
+
+  defp take_line(splitter, line) do
+    n = splitter.line
+    splitter = %{splitter | line: n + 1}
+
+    case {splitter.status, kind(line)} do
+      {:empty, :code} ->
+        {[], start(splitter, line, n, parse(line, n))}
+
+      {:empty, _blank_or_comment} ->
+        {[], splitter}
+
+      {{:complete, _size, _exprs}, :code} ->
+        follow(splitter, line, n)
+
+      {{:complete, _size, _exprs}, _blank_or_comment} ->
+        {[], append(splitter, line)}
+
+      {{:incomplete, closer}, _kind} ->
+        if closer == nil or :binary.match(line, closer) != :nomatch,
+          do: {[], grow(splitter, line)},
+          else: {[], append(splitter, line)}
+
+      {{:broken, error, indent}, :code} ->
+        resync(splitter, line, n, error, indent)
+
+      {{:broken, _error, _indent}, _blank_or_comment} ->
+        {[], append(splitter, line)}
+    end
+  end
+
+  defp append(splitter, line), do: %{splitter | pending: splitter.pending <> line}
+
+  defp start(splitter, text, n, parsed) do
+    splitter = %{splitter | pending: text, pending_line: n}
+
+    case parsed do
+      {:ok, exprs} -> %{splitter | status: {:complete, byte_size(text), exprs}}
+      {:incomplete, error} -> %{splitter | status: {:incomplete, closer(error)}}
+      {:error, error} -> %{splitter | status: {:broken, error, indent(text)}}
+    end
+  end
+
+  # The pending text parses and `line` is the next line with code. After a
+  # newline the parser continues an expression only with a binary
+  # operator, and none of those can begin an expression, except `..`
+  # (a full range alone, the range operator after an operand).
+  defp follow(splitter, line, n) do
+    parsed = parse(line, n)
+
+    if range_operator?(line) or not starts_expression?(line, n, parsed) do
+      {[], grow(splitter, line)}
+    else
+      {commit(splitter), start(splitter, line, n, parsed)}
+    end
+  end
+
+  defp grow(splitter, line) do
+    joint = splitter.pending <> line
+    start(splitter, joint, splitter.pending_line, parse(joint, splitter.pending_line))
+  end
+
+  defp resync(splitter, line, n, error, indent) do
+    parsed = if indent(line) <= indent, do: parse(line, n), else: {:error, error}
+
+    case parsed do
+      {:error, _} ->
+        {[], append(splitter, line)}
+
+      _ok_or_incomplete ->
+        {[broken(splitter, error)], start(splitter, line, n, parsed)}
+    end
+  end
+
+  # Whether `line`, parsed alone as `parsed`, can begin an expression. The
+  # tokenizer reports a missing terminator before the parser sees the
+  # tokens, so whatever `line` leaves open is closed first (`|> foo(`
+  # cannot begin one: `|> foo()` fails at its first token). When the line
+  # is broken alone, only the text before the error counts: `y = )` can
+  # begin one (`y = ` is merely unfinished), `|> )` cannot.
+  defp starts_expression?(line, n, parsed, closed \\ 0) do
+    case parsed do
+      {:ok, _exprs} ->
+        true
+
+      {:incomplete, error} ->
+        case closer(error) do
+          closer when is_binary(closer) and closed < @max_closers ->
+            closed_line = line <> "\n" <> closer
+            starts_expression?(closed_line, n, parse(closed_line, n), closed + 1)
+
+          # A trailing operator: the parser got past the first token.
+          _other ->
+            true
+        end
+
+      {:error, %{line: ^n, column: column}} ->
+        if column > indent(line) + 1 do
+          before = take_columns(line, column - 1)
+          starts_expression?(before, n, parse(before, n), closed)
+        else
+          false
+        end
+
+      {:error, _later_line} ->
+        true
+    end
+  end
+
+  defp range_operator?(line) do
+    case trim_indent(line) do
+      "..." <> _ -> false
+      ".." <> _ -> true
+      _other -> false
+    end
+  end
+
+  # The text that closes the innermost open construct, from the
+  # tokenizer's message; nil when the input ends in some other way (a
+  # trailing operator or backslash).
+  defp closer(%{message: "missing terminator: " <> rest}), do: closer_text(rest)
+
+  defp closer(%{message: "missing interpolation terminator: " <> rest}),
+    do: rest |> closer_text() |> String.trim("\"")
+
+  defp closer(_error), do: nil
+
+  defp closer_text(rest) do
+    case String.split(rest, " (for ", parts: 2) do
+      [closer, _what] when closer != "" -> closer
+      _unknown -> nil
+    end
+  end
+
+  # Commits
+
+  defp flush(splitter) do
+    case splitter.status do
+      :empty ->
+        []
+
+      {:complete, _size, _exprs} ->
+        commit(splitter)
+
+      {:incomplete, _closer} ->
+        {:incomplete, error} = parse(splitter.pending, splitter.pending_line)
+        [broken(splitter, error)]
+
+      {:broken, error, _indent} ->
+        [broken(splitter, error)]
+    end
+  end
+
+  defp commit(splitter) do
+    {:complete, size, exprs} = splitter.status
+    text = binary_part(splitter.pending, 0, size)
+    split_semicolons(text, splitter.pending_line, 1, exprs)
+  end
+
+  defp broken(splitter, error) do
+    {code, line} = trim(splitter.pending, splitter.pending_line)
+    %{code: code, line: line, error: Map.take(error, [:message, :line])}
+  end
+
+  # `text` parses as `exprs`, more than one only when `;` separates them.
+  # A `;` is a boundary when the text up to it parses, at its original
+  # position, as the next expression; a `;` inside a string or a comment
+  # never does.
+  defp split_semicolons(text, line, _column, [_one]), do: [fragment(text, line)]
+
+  defp split_semicolons(text, line, column, [expr | rest]) do
+    case find_boundary(text, line, column, expr, :binary.matches(text, ";")) do
+      {:ok, size} ->
+        head = binary_part(text, 0, size)
+        tail = binary_part(text, size + 1, byte_size(text) - size - 1)
+        {tail_line, tail_column} = advance(head <> ";", line, column)
+        [fragment(head, line) | split_semicolons(tail, tail_line, tail_column, rest)]
+
+      :error ->
+        # Unreachable while the parser agrees with itself; keeping the text
+        # whole still evaluates it correctly.
+        [fragment(text, line)]
+    end
+  end
+
+  defp find_boundary(_text, _line, _column, _expr, []), do: :error
+
+  defp find_boundary(text, line, column, expr, [{at, 1} | more]) do
+    case parse(binary_part(text, 0, at), line, column) do
+      {:ok, [^expr]} -> {:ok, at}
+      _other -> find_boundary(text, line, column, expr, more)
+    end
+  end
+
+  defp fragment(text, line) do
+    {code, line} = trim(text, line)
+    %{code: code, line: line, error: nil}
+  end
+
+  # Parsing
+
+  defp parse(text, line, column \\ 1) do
+    opts = [
+      line: line,
+      column: column,
+      columns: true,
+      emit_warnings: false,
+      static_atoms_encoder: &encode_name/2
+    ]
+
+    case Code.string_to_quoted(text, opts) do
+      # `()` reads the same as no expression; only text with code is parsed.
+      {:ok, {:__block__, [], []} = empty} -> {:ok, [empty]}
+      {:ok, {:__block__, [], exprs}} -> {:ok, exprs}
+      {:ok, expr} -> {:ok, [expr]}
+      {:error, {meta, message, ""}} -> {:incomplete, error(meta, message, "")}
+      {:error, {meta, message, token}} -> {:error, error(meta, message, token)}
+    end
+  end
+
+  defp encode_name(name, _meta) do
+    {:ok, String.to_existing_atom(name)}
+  rescue
+    ArgumentError -> {:ok, {:unknown_name, name}}
+  end
+
+  defp error(meta, message, token) do
+    text =
+      case {message, token} do
+        {{prefix, suffix}, token} -> prefix <> token <> suffix
+        {"syntax error before: ", ""} -> "syntax error: the expression is not finished"
+        {message, token} -> message <> token
+      end
+
+    %{message: text, line: meta[:line], column: meta[:column]}
+  end
+
+  # Text
+
+  defp kind(line) do
+    case String.trim_leading(line) do
+      "" -> :blank
+      "#" <> _ -> :comment
+      _code -> :code
+    end
+  end
+
+  defp indent(line), do: byte_size(line) - byte_size(trim_indent(line))
+
+  defp trim_indent(<<c, rest::binary>>) when c in [?\s, ?\t], do: trim_indent(rest)
+  defp trim_indent(rest), do: rest
+
+  # Drops surrounding whitespace and leading `;`, keeping count of the
+  # lines dropped in front.
+  defp trim(text, line) do
+    body = trim_front(text)
+    dropped = binary_part(text, 0, byte_size(text) - byte_size(body))
+    {String.trim_trailing(body), line + count_newlines(dropped)}
+  end
+
+  defp trim_front(<<c, rest::binary>>) when c in [?\s, ?\t, ?\r, ?\n, ?\f, ?\v, ?;],
+    do: trim_front(rest)
+
+  defp trim_front(rest), do: rest
+
+  defp count_newlines(text), do: length(:binary.matches(text, "\n"))
+
+  # The parser counts columns in code points.
+  defp advance(text, line, column) do
+    case :binary.matches(text, "\n") do
+      [] ->
+        {line, column + code_points(text)}
+
+      newlines ->
+        {at, 1} = List.last(newlines)
+        after_last = binary_part(text, at + 1, byte_size(text) - at - 1)
+        {line + length(newlines), 1 + code_points(after_last)}
+    end
+  end
+
+  defp code_points(text), do: text |> String.to_charlist() |> length()
+
+  defp take_columns(line, count) do
+    line |> String.to_charlist() |> Enum.take(count) |> List.to_string()
+  end
+end
