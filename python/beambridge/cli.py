@@ -128,6 +128,12 @@ async def _serve(args: argparse.Namespace) -> int:
     gateway = Gateway(config)
     try:
         await gateway.start()
+        try:
+            await gateway.wait_nodes(timeout=10 if nodes else 60)
+        except TimeoutError:
+            logging.getLogger("beambridge.cli").warning(
+                "no BEAM node connected yet; /healthz answers 503 until one is"
+            )
         if token is not None and not args.token:
             print(f"token: {token}", flush=True)
         print(f"listening on {gateway.url}", flush=True)
@@ -325,3 +331,7 @@ def _summary(console: Console, report: _Report) -> None:
         "[dim]'last char sent → result' includes waiting for the next token: a"
         " fragment commits once the text after it shows it cannot continue.[/]"
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
