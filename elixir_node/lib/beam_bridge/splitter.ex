@@ -126,11 +126,12 @@ defmodule BeamBridge.Splitter do
   """
   @spec feed(t, binary) :: {[fragment], t}
   def feed(%__MODULE__{} = splitter, chunk) when is_binary(chunk) do
-    case :binary.split(chunk, "\n", [:global]) do
-      [_no_newline] ->
+    case :binary.match(chunk, "\n") do
+      :nomatch ->
         {[], %{splitter | partial: splitter.partial <> chunk}}
 
-      [first | rest] ->
+      _newline ->
+        [first | rest] = :binary.split(chunk, "\n", [:global])
         {complete, [partial]} = Enum.split(rest, -1)
         lines = [splitter.partial <> first | complete]
         splitter = %{splitter | partial: partial}
@@ -168,8 +169,10 @@ defmodule BeamBridge.Splitter do
 
   defp take_line(splitter, line) do
     n = splitter.line
-    splitter = %{splitter | line: n + 1}
+    dispatch(%{splitter | line: n + 1}, line, n)
+  end
 
+  defp dispatch(splitter, line, n) do
     case {splitter.status, kind(line)} do
       {:empty, :code} ->
         {[], start(splitter, line, n, parse(line, n))}
@@ -178,9 +181,23 @@ defmodule BeamBridge.Splitter do
         {[], splitter}
 
       {{:complete, _size, _exprs}, :code} ->
-        follow(splitter, line, n)
+        parsed = parse(line, n)
+
+        if continues?(line, n, parsed),
+          do: {[], continue(splitter, line)},
+          else: {commit(splitter), start(splitter, line, n, parsed)}
 
       {{:complete, _size, _exprs}, _blank_or_comment} ->
+        {[], append(splitter, line)}
+
+      {{:continued, _size}, :code} ->
+        parsed = parse(line, n)
+
+        if continues?(line, n, parsed),
+          do: {[], continue(splitter, line)},
+          else: begin_after_continued(splitter, line, n, parsed)
+
+      {{:continued, _size}, _blank_or_comment} ->
         {[], append(splitter, line)}
 
       {{:incomplete, closer}, _kind} ->
@@ -208,17 +225,49 @@ defmodule BeamBridge.Splitter do
     end
   end
 
-  # The pending text parses and `line` is the next line with code. After a
-  # newline the parser continues an expression only with a binary
-  # operator, and none of those can begin an expression, except `..`
-  # (a full range alone, the range operator after an operand).
-  defp follow(splitter, line, n) do
-    parsed = parse(line, n)
+  # `line` is the next line with code after a complete expression. After
+  # a newline the parser continues an expression only with a binary
+  # operator, and none of those can begin an expression, except `..` (a
+  # full range alone, the range operator after an operand).
+  defp continues?(line, n, parsed) do
+    range_operator?(line) or not starts_expression?(line, n, parsed)
+  end
 
-    if range_operator?(line) or not starts_expression?(line, n, parsed) do
-      {[], grow(splitter, line)}
-    else
-      {commit(splitter), start(splitter, line, n, parsed)}
+  defp continue(splitter, line) do
+    continued = append(splitter, line)
+    %{continued | status: {:continued, byte_size(continued.pending)}}
+  end
+
+  defp begin_after_continued(splitter, line, n, parsed) do
+    case settle(splitter) do
+      %{status: {:complete, _size, _exprs}} = settled ->
+        {commit(settled), start(settled, line, n, parsed)}
+
+      # The continued expression is unfinished, so `line` is inside it.
+      settled ->
+        dispatch(settled, line, n)
+    end
+  end
+
+  # Continuation lines are parsed with the pending text only when a line
+  # that can begin an expression arrives, so a pipeline is parsed once, not
+  # once per stage.
+  # The first `size` bytes end with code; what follows looks like blank and
+  # comment lines, and is, unless the code before it is unfinished.
+  defp settle(splitter) do
+    {:continued, size} = splitter.status
+    code = binary_part(splitter.pending, 0, size)
+
+    case parse(code, splitter.pending_line) do
+      {:ok, exprs} ->
+        %{splitter | status: {:complete, size, exprs}}
+
+      {:incomplete, _error} when size < byte_size(splitter.pending) ->
+        pending = splitter.pending
+        start(splitter, pending, splitter.pending_line, parse(pending, splitter.pending_line))
+
+      parsed ->
+        start(splitter, splitter.pending, splitter.pending_line, parsed)
     end
   end
 
@@ -305,6 +354,9 @@ defmodule BeamBridge.Splitter do
     case splitter.status do
       :empty ->
         []
+
+      {:continued, _size} ->
+        flush(settle(splitter))
 
       {:complete, _size, _exprs} ->
         commit(splitter)
@@ -404,13 +456,11 @@ defmodule BeamBridge.Splitter do
 
   # Text
 
-  defp kind(line) do
-    case String.trim_leading(line) do
-      "" -> :blank
-      "#" <> _ -> :comment
-      _code -> :code
-    end
-  end
+  defp kind(<<c, rest::binary>>) when c in [?\s, ?\t, ?\r, ?\f, ?\v], do: kind(rest)
+  defp kind(<<?\n, _rest::binary>>), do: :blank
+  defp kind(""), do: :blank
+  defp kind("#" <> _comment), do: :comment
+  defp kind(_code), do: :code
 
   defp indent(line), do: byte_size(line) - byte_size(trim_indent(line))
 
