@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import beambridge.client
 import jsonschema
 import pytest
 import pytest_asyncio
+from beambridge import Gateway, GatewayConfig
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
-
-import beambridge.client
-from beambridge import Gateway, GatewayConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = ROOT / "protocol" / "schema"
@@ -96,7 +95,9 @@ class Wire:
     async def block(self, session: str, code: str) -> list[dict[str, Any]]:
         """``eval`` one block and return its events through ``done``."""
         await self.send(type="eval", session=session, code=code)
-        return await self.until(lambda e: e["type"] == "done" and e["session"] == session)
+        return await self.until(
+            lambda e: e["type"] == "done" and e["session"] == session
+        )
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from beambridge import connect
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -71,7 +70,9 @@ async def test_serve_prints_the_real_port_and_stops_its_node_on_sigterm() -> Non
     try:
         port, token = await read_listening(process)
         assert port > 0 and token
-        async with await connect(f"ws://127.0.0.1:{port}/v1/stream", token=token) as client:
+        async with await connect(
+            f"ws://127.0.0.1:{port}/v1/stream", token=token
+        ) as client:
             session = await client.open()
             assert (await session.eval("1 + 2")).value == "3"
         assert marked_pids(mark), "the embedded node should be running"

@@ -61,15 +61,24 @@ async def test_chunks_then_end_commit_fragments_with_exact_code_and_lines(
     assert all(r["executor"] == "beam" and r["ok"] for r in results)
     assert all(isinstance(r["elapsed_us"], int) for r in results)
     assert "".join(o["text"] for o in by_type(events, "output")) == "y is 20\n"
-    assert events[-1] == {"type": "done", "session": session, "fragments": 4, "errors": 0}
+    assert events[-1] == {
+        "type": "done",
+        "session": session,
+        "fragments": 4,
+        "errors": 0,
+    }
 
 
-async def test_eval_is_chunk_then_end_and_context_lives_across_blocks(wire: Wire) -> None:
+async def test_eval_is_chunk_then_end_and_context_lives_across_blocks(
+    wire: Wire,
+) -> None:
     """``eval`` runs a whole block; bindings persist into the next block."""
     session = await wire.open()
     first = await wire.block(session, "a = [1, 2, 3]")
     assert by_type(first, "result")[0]["data"] == [1, 2, 3]
-    second = await wire.block(session, "a |> Enum.map(fn x -> x * 2 end)\n|> Enum.sum()")
+    second = await wire.block(
+        session, "a |> Enum.map(fn x -> x * 2 end)\n|> Enum.sum()"
+    )
     (fragment,) = by_type(second, "fragment")
     assert fragment["index"] == 2 and fragment["line"] == 1
     assert by_type(second, "result")[0]["value"] == "12"
@@ -122,7 +131,7 @@ async def test_done_counts_fragments_and_errors_and_later_text_still_runs(
 async def test_on_error_halt_skips_the_rest_of_the_block(wire: Wire) -> None:
     """Under ``on_error: halt`` fragments after a failure are ``skipped``."""
     session = await wire.open(on_error="halt")
-    events = await wire.block(session, "1\nraise \"boom\"\n3\n4")
+    events = await wire.block(session, '1\nraise "boom"\n3\n4')
     kinds = [r.get("error", {}).get("kind") for r in by_type(events, "result")]
     assert kinds == [None, "RuntimeError", "skipped", "skipped"]
     assert events[-1]["errors"] == 3

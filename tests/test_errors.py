@@ -30,7 +30,9 @@ async def still_alive(wire: Wire) -> None:
         ('{"type": "rewind", "session": "s", "to": "one"}', "'to' must be"),
     ],
 )
-async def test_malformed_messages_get_bad_request(wire: Wire, raw: str, words: str) -> None:
+async def test_malformed_messages_get_bad_request(
+    wire: Wire, raw: str, words: str
+) -> None:
     """Bad JSON, unknown types, missing and mistyped fields are named."""
     await wire.send_raw(raw)
     error = await wire.recv()

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
 import pytest
-
 from beambridge import etf
 from beambridge.errors import CodecError
 from beambridge.etf import Atom
 
+# A failing eval must not leave erl_crash.dump in the work tree.
+NO_DUMP = dict(os.environ, ERL_CRASH_DUMP_SECONDS="0")
+
 
 def otp_encode(expr: str) -> bytes:
     """``term_to_binary`` of an Erlang expression, by the local ``erl``."""
-    code = (
-        f'io:format("~w", [binary_to_list(term_to_binary({expr}))]), halt().'
-    )
+    code = f'io:format("~w", [binary_to_list(term_to_binary({expr}))]), halt().'
     out = subprocess.run(
-        ["erl", "-noshell", "-eval", code], capture_output=True, text=True, check=True
+        ["erl", "-noshell", "-eval", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=NO_DUMP,
     ).stdout
     return bytes(int(x) for x in out.strip("[]\n").split(","))
 
@@ -27,11 +32,15 @@ def otp_decode(data: bytes, atoms: str) -> str:
     """What ``binary_to_term(.., [safe])`` makes of ``data``, printed by erl;
     ``atoms`` lists the atoms the node would already know."""
     code = (
-        f"_ = [{atoms}], io:format(\"~p\", [binary_to_term(list_to_binary({list(data)}), [safe])]),"
+        f'_ = [{atoms}], io:format("~p", [binary_to_term(list_to_binary({list(data)}), [safe])]),'
         " halt()."
     )
     return subprocess.run(
-        ["erl", "-noshell", "-eval", code], capture_output=True, text=True, check=True
+        ["erl", "-noshell", "-eval", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=NO_DUMP,
     ).stdout
 
 
@@ -66,7 +75,9 @@ def test_encoded_messages_decode_safely_in_otp() -> None:
         session="s1",
         options={Atom("on_error"): Atom("halt"), Atom("trace"): True},
     )
-    printed = otp_decode(etf.encode(msg), "type, open, session, options, on_error, halt, trace")
+    printed = otp_decode(
+        etf.encode(msg), "type, open, session, options, on_error, halt, trace"
+    )
     for part in ("type => open", '<<"s1">>', "on_error => halt", "trace => true"):
         assert part in printed
 
@@ -97,14 +108,18 @@ def test_garbage_payload_raises_codec_error() -> None:
 
 def test_frame_reader_reassembles_split_and_merged_frames() -> None:
     """Frames cut at any byte and glued together come out whole, in order."""
-    frames = [etf.frame(etf.message("chunk", session="s", text=str(i) * i)) for i in range(20)]
+    frames = [
+        etf.frame(etf.message("chunk", session="s", text=str(i) * i)) for i in range(20)
+    ]
     stream = b"".join(frames)
     for step in (1, 3, 7, len(stream)):
         reader = etf.FrameReader()
         payloads = []
         for at in range(0, len(stream), step):
             payloads += reader.feed(stream[at : at + step])
-        assert [etf.decode(p)["text"] for p in payloads] == [str(i) * i for i in range(20)]
+        assert [etf.decode(p)["text"] for p in payloads] == [
+            str(i) * i for i in range(20)
+        ]
 
 
 def test_frame_reader_refuses_an_oversized_length() -> None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from beambridge.errors import ProtocolError
 from beambridge.messages import (
     Chunk,
@@ -26,6 +23,8 @@ from beambridge.messages import (
     parse_event,
 )
 from beambridge.metrics import Metrics
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from .conftest import CLIENT_SCHEMA, check_event
 
@@ -56,8 +55,14 @@ INVALID = [
     ('{"type": "open", "ref": "a", "options": []}', "'options' must be"),
     ('{"type": "open", "ref": "a", "options": {"on_error": "stop"}}', "on_error"),
     ('{"type": "open", "ref": "a", "options": {"trace": 1}}', "trace"),
-    ('{"type": "open", "ref": "a", "options": {"executors": ["compiled"]}}', "executors"),
-    ('{"type": "open", "ref": "a", "options": {"limits": {"timeout_ms": 0}}}', "limits"),
+    (
+        '{"type": "open", "ref": "a", "options": {"executors": ["compiled"]}}',
+        "executors",
+    ),
+    (
+        '{"type": "open", "ref": "a", "options": {"limits": {"timeout_ms": 0}}}',
+        "limits",
+    ),
     ('{"type": "open", "ref": "a", "options": {"limits": {"cpu": 1}}}', "limits"),
 ]
 
@@ -72,7 +77,9 @@ def test_valid_messages_parse_and_match_the_schema(obj: dict) -> None:
 
 
 @pytest.mark.parametrize("raw,words", INVALID)
-def test_invalid_messages_are_bad_requests_naming_the_problem(raw: str, words: str) -> None:
+def test_invalid_messages_are_bad_requests_naming_the_problem(
+    raw: str, words: str
+) -> None:
     """Each malformed message raises bad_request with a message that says why."""
     with pytest.raises(ProtocolError) as info:
         parse_client_message(raw)
@@ -93,9 +100,13 @@ def test_invalid_message_errors_keep_ref_and_session() -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.dictionaries(
-        st.sampled_from(["type", "ref", "session", "text", "code", "to", "at", "options"]),
+        st.sampled_from(
+            ["type", "ref", "session", "text", "code", "to", "at", "options"]
+        ),
         st.one_of(
-            st.sampled_from(["open", "chunk", "end", "eval", "rewind", "fork", "close"]),
+            st.sampled_from(
+                ["open", "chunk", "end", "eval", "rewind", "fork", "close"]
+            ),
             st.integers(-3, 3),
             st.text(max_size=3),
             st.booleans(),
@@ -131,8 +142,15 @@ def test_gateway_made_events_match_the_schema() -> None:
 def test_parse_event_types_results_and_keeps_unknown_types() -> None:
     """Results get a typed error; new event types are not dropped."""
     event = parse_event(
-        {"type": "result", "session": "s", "index": 1, "ok": False, "elapsed_us": 5,
-         "executor": "beam", "error": {"kind": "SyntaxError", "message": "m", "line": 2}}
+        {
+            "type": "result",
+            "session": "s",
+            "index": 1,
+            "ok": False,
+            "elapsed_us": 5,
+            "executor": "beam",
+            "error": {"kind": "SyntaxError", "message": "m", "line": 2},
+        }
     )
     assert isinstance(event, Result) and event.error == ErrorInfo("SyntaxError", "m", 2)
     other = parse_event({"type": "progress", "session": "s", "pct": 5})
@@ -145,7 +163,9 @@ def test_dataclasses_are_frozen() -> None:
     with pytest.raises(AttributeError):
         msg.text = "y"  # type: ignore[misc]
     assert Eval("s", "1") == Eval("s", "1")
-    assert Fork("s", 1, "r").at == 1 and Rewind("s", 0).to == 0 and Open("r").options == {}
+    assert (
+        Fork("s", 1, "r").at == 1 and Rewind("s", 0).to == 0 and Open("r").options == {}
+    )
 
 
 def test_metrics_render_a_cumulative_histogram() -> None:
@@ -161,3 +181,25 @@ def test_metrics_render_a_cumulative_histogram() -> None:
     assert 'beambridge_fragment_latency_seconds_bucket{le="+Inf"} 4' in text
     assert "beambridge_fragment_latency_seconds_count 4" in text
     assert 'beambridge_errors_total{kind="ArithmeticError"} 2' in text
+
+
+def test_asyncapi_names_every_schema_message_and_its_refs_resolve() -> None:
+    """asyncapi.yaml covers each message of the schemas and points at real defs."""
+    import yaml
+
+    from .conftest import ROOT, SCHEMA_DIR
+
+    doc = yaml.safe_load((ROOT / "protocol" / "asyncapi.yaml").read_text())
+    messages = doc["components"]["messages"]
+    schemas = {
+        name: json.loads((SCHEMA_DIR / name).read_text())
+        for name in ("client.json", "event.json")
+    }
+    expected = set(schemas["client.json"]["$defs"]) | set(
+        schemas["event.json"]["$defs"]
+    )
+    assert set(messages) == expected
+    for message in messages.values():
+        file, _, pointer = message["payload"]["schema"]["$ref"].partition("#")
+        name = pointer.rsplit("/", 1)[1]
+        assert name in schemas[file.split("/")[-1]]["$defs"]

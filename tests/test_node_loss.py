@@ -9,9 +9,8 @@ import signal
 
 import pytest
 import pytest_asyncio
-from websockets.asyncio.client import connect as ws_connect
-
 from beambridge import Gateway, GatewayConfig
+from websockets.asyncio.client import connect as ws_connect
 
 from .conftest import TOKEN, Wire, by_type
 from .test_contract import _get
@@ -36,7 +35,9 @@ async def test_killed_node_yields_node_down_then_recovers(own_gateway: Gateway) 
     block gets its done, health turns 503, and the restarted node serves."""
     gw = own_gateway
     assert gw.embedded is not None and gw.embedded.pid is not None
-    async with ws_connect(gw.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+    async with ws_connect(
+        gw.url, additional_headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as ws:
         wire = Wire(ws)
         streamed = await wire.open(ref="streamed", limits={"timeout_ms": 60_000})
         evaluated = await wire.open(ref="evaluated", limits={"timeout_ms": 60_000})
@@ -47,12 +48,13 @@ async def test_killed_node_yields_node_down_then_recovers(own_gateway: Gateway) 
             await wire.send(type="chunk", session=streamed, text=text)
         await wire.until(lambda e: e["type"] == "fragment" and e["index"] == 2)
         await wire.send(type="eval", session=evaluated, code=SLOW)
-        await wire.until(lambda e: e["type"] == "fragment" and e["session"] == evaluated)
+        await wire.until(
+            lambda e: e["type"] == "fragment" and e["session"] == evaluated
+        )
 
         os.killpg(gw.embedded.pid, signal.SIGKILL)
         events = await wire.until(
-            lambda e: e["type"] == "error"
-            and len(by_type(wire.seen, "error")) == 2
+            lambda e: e["type"] == "error" and len(by_type(wire.seen, "error")) == 2
         )
         health = await asyncio.to_thread(_get, f"http://127.0.0.1:{gw.port}/healthz")
         assert health[0] == 503

@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-
 from beambridge import ClientError, Done, Fragment, Output, Result, connect
 
 from .conftest import TOKEN, Wire, by_type
@@ -98,6 +97,7 @@ async def test_sdk_sessions_can_run_concurrently(gateway) -> None:
 
 async def test_sdk_stream_delivers_output_events_live(gateway) -> None:
     """Output of a fragment arrives as Output events between its fragment and result."""
+
     async def code() -> AsyncIterator[str]:
         yield 'for i <- 1..3, do: IO.puts("line #{i}")\n'
 

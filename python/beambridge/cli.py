@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="beambridge", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="beambridge", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--log-level", default="warning", help="default: warning")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -73,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     auth = serve.add_mutually_exclusive_group()
-    auth.add_argument("--token", help="clients' bearer token (default: random, printed)")
+    auth.add_argument(
+        "--token", help="clients' bearer token (default: random, printed)"
+    )
     auth.add_argument("--no-auth", action="store_true", help="loopback hosts only")
     serve.add_argument(
         "--node",
@@ -93,11 +97,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file", type=Path)
     run.add_argument("--url", help="a gateway's ws:// URL (default: embedded stack)")
     run.add_argument("--token", default=os.environ.get("BEAMBRIDGE_TOKEN"))
-    run.add_argument("--rate", type=float, default=DEFAULT_RATE, help="tokens per second")
+    run.add_argument(
+        "--rate", type=float, default=DEFAULT_RATE, help="tokens per second"
+    )
     run.set_defaults(func=_run)
 
     demo = sub.add_parser("demo", help="stream examples/demo.exs on an embedded stack")
-    demo.add_argument("--rate", type=float, default=DEFAULT_RATE, help="tokens per second")
+    demo.add_argument(
+        "--rate", type=float, default=DEFAULT_RATE, help="tokens per second"
+    )
     demo.add_argument("--file", type=Path, help="default: examples/demo.exs")
     demo.set_defaults(func=_demo)
     return parser
@@ -108,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _serve(args: argparse.Namespace) -> int:
     if args.no_auth and not _is_loopback(args.host):
-        print("beambridge: --no-auth is allowed only on a loopback host", file=sys.stderr)
+        print(
+            "beambridge: --no-auth is allowed only on a loopback host", file=sys.stderr
+        )
         return 2
     token = None if args.no_auth else (args.token or secrets.token_urlsafe(24))
     nodes = tuple(parse_address(text) for text in args.node)
@@ -174,12 +184,18 @@ async def _run(args: argparse.Namespace) -> int:
 async def _demo(args: argparse.Namespace) -> int:
     path = args.file or _find_demo()
     console = Console(highlight=False)
-    console.print(f"[bold]beambridge demo[/]: streaming {path.name} at {args.rate:g} tokens/s")
+    console.print(
+        f"[bold]beambridge demo[/]: streaming {path.name} at {args.rate:g} tokens/s"
+    )
     async with AsyncExitStack() as stack:
         started = time.perf_counter()
         url, token = await _target(stack, None, None)
-        console.print(f"[dim]embedded BEAM node and gateway up in {time.perf_counter() - started:.2f}s[/]\n")
-        report = await _stream(url, token, path.read_text(), args.rate, console, echo=True)
+        console.print(
+            f"[dim]embedded BEAM node and gateway up in {time.perf_counter() - started:.2f}s[/]\n"
+        )
+        report = await _stream(
+            url, token, path.read_text(), args.rate, console, echo=True
+        )
     _summary(console, report)
     return 0 if report.done is not None else 1
 
@@ -255,7 +271,9 @@ async def _stream(
             if echo:
                 while (nl := text.find("\n", line_start, sent)) != -1:
                     number = text.count("\n", 0, line_start) + 1
-                    console.print(f"[dim]{number:4d} │ {escape(text[line_start:nl])}[/]")
+                    console.print(
+                        f"[dim]{number:4d} │ {escape(text[line_start:nl])}[/]"
+                    )
                     line_start = nl + 1
 
     async with await connect(url, token=token) as client:
@@ -284,7 +302,9 @@ def _show(console: Console, report: _Report, event: Event, echo: bool) -> None:
         report.results[event.index] = (event, now)
         if event.ok:
             value = escape(event.value or "")
-            console.print(f"{pad}[green]#{event.index} ✓ {value}[/] [dim]({event.elapsed_us} µs)[/]")
+            console.print(
+                f"{pad}[green]#{event.index} ✓ {value}[/] [dim]({event.elapsed_us} µs)[/]"
+            )
         else:
             assert event.error is not None
             line = f" (line {event.error.line})" if event.error.line else ""
@@ -324,7 +344,12 @@ def _summary(console: Console, report: _Report) -> None:
     )
     for name, values in rows:
         if values:
-            table.add_row(name, f"{statistics.median(values):.2f}", f"{max(values):.2f}", str(len(values)))
+            table.add_row(
+                name,
+                f"{statistics.median(values):.2f}",
+                f"{max(values):.2f}",
+                str(len(values)),
+            )
     console.print()
     console.print(table)
     console.print(

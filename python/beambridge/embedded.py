@@ -145,7 +145,9 @@ class EmbeddedNode:
         self._address.set_result(address)
         logger.info("embedded node ready on %s:%d", *address)
 
-    async def _await_ready(self, process: asyncio.subprocess.Process) -> tuple[str, int]:
+    async def _await_ready(
+        self, process: asyncio.subprocess.Process
+    ) -> tuple[str, int]:
         assert process.stdout is not None
         async with asyncio.timeout(START_TIMEOUT):
             while True:

@@ -59,7 +59,13 @@ __all__ = ["Gateway", "GatewayConfig"]
 logger = logging.getLogger("beambridge.gateway")
 
 STREAM_PATH = "/v1/stream"
-ERROR_CODES = {"bad_request", "unknown_session", "limit", "node_unavailable", "internal"}
+ERROR_CODES = {
+    "bad_request",
+    "unknown_session",
+    "limit",
+    "node_unavailable",
+    "internal",
+}
 # Node error codes that are not websocket codes, and what a client sees.
 NODE_ERROR_CODES = {"frame_too_large": "limit", "bad_frame": "internal"}
 
@@ -123,11 +129,16 @@ class Gateway:
         if config.nodes:
             if not config.secret:
                 raise ValueError("connecting to nodes needs their secret")
-            links = [self._link(_fixed(addr), config.secret, f"{addr[0]}:{addr[1]}") for addr in config.nodes]
+            links = [
+                self._link(_fixed(addr), config.secret, f"{addr[0]}:{addr[1]}")
+                for addr in config.nodes
+            ]
         else:
             self.embedded = EmbeddedNode()
             await self.embedded.start()
-            links = [self._link(self.embedded.address, self.embedded.secret, "embedded")]
+            links = [
+                self._link(self.embedded.address, self.embedded.secret, "embedded")
+            ]
         self.pool = NodePool(links)
         self.pool.start()
         self._server = await serve(
@@ -328,7 +339,9 @@ class _Connection:
     def _session(self, sid: str) -> _Session:
         s = self.sessions.get(sid)
         if s is None or s.closing:
-            raise ProtocolError("unknown_session", f"no open session {sid!r}", session=sid)
+            raise ProtocolError(
+                "unknown_session", f"no open session {sid!r}", session=sid
+            )
         if s.lost:
             raise ProtocolError(
                 "node_unavailable",
@@ -367,7 +380,9 @@ class _Connection:
         s = self.sessions.get(msg.session)
         if s is None or s.closing:
             raise ProtocolError(
-                "unknown_session", f"no open session {msg.session!r}", session=msg.session
+                "unknown_session",
+                f"no open session {msg.session!r}",
+                session=msg.session,
             )
         if s.lost:
             s.forget()
@@ -456,7 +471,11 @@ class _Session:
 
     def _node_error(self, event: dict[str, Any]) -> None:
         node_code = str(event.get("code"))
-        code = node_code if node_code in ERROR_CODES else NODE_ERROR_CODES.get(node_code, "internal")
+        code = (
+            node_code
+            if node_code in ERROR_CODES
+            else NODE_ERROR_CODES.get(node_code, "internal")
+        )
         out = {"type": "error", "code": code, "message": str(event.get("message", ""))}
         if not self.opened:
             # The open itself failed: the client knows the session only by ref.
@@ -483,11 +502,19 @@ class _Session:
             conn.metrics.errors_total["node_down"] += 1
         self.pending.clear()
         for _ in range(self.ends):
-            conn.emit(event_dict(Done(self.id, self.block_fragments, self.block_errors)))
+            conn.emit(
+                event_dict(Done(self.id, self.block_fragments, self.block_errors))
+            )
             self.block_fragments = self.block_errors = 0
         self.ends = 0
         if not self.opened:
-            conn.error(ProtocolError("node_unavailable", "the node went away before the session opened", ref=self.ref))
+            conn.error(
+                ProtocolError(
+                    "node_unavailable",
+                    "the node went away before the session opened",
+                    ref=self.ref,
+                )
+            )
             self.forget()
         elif self.closing:
             conn.emit(event_dict(Closed(self.id)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -171,9 +172,7 @@ class BeamLink:
             if msg.get("type") == "closed":
                 self.sessions.pop(session, None)
         elif msg.get("type") == "error":
-            self.log.warning(
-                "node error %s: %s", msg.get("code"), msg.get("message")
-            )
+            self.log.warning("node error %s: %s", msg.get("code"), msg.get("message"))
         elif msg.get("type") != "pong":
             self.log.debug("event for no session: %r", msg)
 
@@ -183,7 +182,9 @@ class BeamLink:
             try:
                 protocol = await self._connect()
             except (OSError, BridgeError, TimeoutError) as exc:
-                self.log.info("cannot reach %s: %s; retry in %.2fs", self.name, exc, delay)
+                self.log.info(
+                    "cannot reach %s: %s; retry in %.2fs", self.name, exc, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
@@ -203,7 +204,9 @@ class BeamLink:
                 assert protocol.transport is not None
                 protocol.transport.write(
                     etf.frame(
-                        etf.message("hello", version=BRIDGE_VERSION, secret=self._secret)
+                        etf.message(
+                            "hello", version=BRIDGE_VERSION, secret=self._secret
+                        )
                     )
                 )
                 welcome = await protocol.welcome
@@ -214,13 +217,19 @@ class BeamLink:
         if not isinstance(welcome, dict) or welcome.get("type") != "welcome":
             assert protocol.transport is not None
             protocol.transport.abort()
-            code = welcome.get("code", "bad_handshake") if isinstance(welcome, dict) else "bad_handshake"
-            message = welcome.get("message", repr(welcome)) if isinstance(welcome, dict) else repr(welcome)
+            code = (
+                welcome.get("code", "bad_handshake")
+                if isinstance(welcome, dict)
+                else "bad_handshake"
+            )
+            message = (
+                welcome.get("message", repr(welcome))
+                if isinstance(welcome, dict)
+                else repr(welcome)
+            )
             raise HandshakeError(str(code), str(message))
         sock = protocol.transport.get_extra_info("socket")
         if sock is not None:
-            import socket
-
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -278,7 +287,9 @@ class NodePool:
         return [
             {
                 "node": link.node,
-                "address": f"{link.address[0]}:{link.address[1]}" if link.address else None,
+                "address": f"{link.address[0]}:{link.address[1]}"
+                if link.address
+                else None,
                 "sessions": len(link.sessions),
             }
             for link in self.links

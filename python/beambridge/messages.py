@@ -37,6 +37,7 @@ __all__ = [
     "Step",
     "UnknownEvent",
     "encode_client_message",
+    "event_dict",
     "parse_client_message",
     "parse_event",
 ]
@@ -208,13 +209,16 @@ def _check_options(value: Any, bad: Any) -> dict[str, Any]:
         or any(e not in EXECUTORS for e in executors)
         or len(set(executors)) != len(executors)
     ):
-        raise bad("an object whose 'executors' is [\"beam\"] or [\"beam\",\"compiled\"]")
+        raise bad('an object whose \'executors\' is ["beam"] or ["beam","compiled"]')
     limits = value.get("limits", {})
     if not isinstance(limits, dict) or any(
         key not in LIMIT_KEYS or not _is_int(v) or not 0 < v <= MAX_INT
         for key, v in limits.items()
     ):
-        raise bad("an object whose 'limits' holds positive integers for " + ", ".join(LIMIT_KEYS))
+        raise bad(
+            "an object whose 'limits' holds positive integers for "
+            + ", ".join(LIMIT_KEYS)
+        )
     return value
 
 

@@ -61,9 +61,7 @@ class Metrics:
         lines += _header("errors_total", "Failed results by error kind.", "counter")
         for kind, count in sorted(self.errors_total.items()):
             lines.append(f'beambridge_errors_total{{kind="{_escape(kind)}"}} {count}')
-        lines += _header(
-            "protocol_errors_total", "Error events by code.", "counter"
-        )
+        lines += _header("protocol_errors_total", "Error events by code.", "counter")
         for code, count in sorted(self.protocol_errors_total.items()):
             lines.append(
                 f'beambridge_protocol_errors_total{{code="{_escape(code)}"}} {count}'
