@@ -49,6 +49,8 @@ defmodule BeamBridge.SplitterTest do
     {"no trailing newline", "x = 1\ny = 2", 2},
     {"pipeline stages with arguments over several lines",
      "x = [1]\n|> Enum.map(fn y ->\n  y\nend)\n|> Enum.zip(\n  [2]\n)\nx\n", 2},
+    {"stage with a string whose line looks like a comment",
+     "x = \"a\"\n|> Kernel.<>(\"b\n# not a comment\")\n\n# a comment\ny = x\n", 2},
     {"do on its own line", "if true\ndo\n  :a\nend\n:b\n", 2},
     {"range operator at the start of a line", "1\n..5\nr = 1\n..\n5\n...\n", 3},
     {"interpolation across lines", "s = \"a \#{\n  1 + 1\n} b\"\ns\n", 2},
@@ -131,6 +133,11 @@ defmodule BeamBridge.SplitterTest do
       assert [%{code: "x = 10"}] = split(["x = 1", "0\n"])
       assert [%{code: "foobar"}, %{code: "baz"}] = split(["foo", "bar\nbaz"])
       assert [%{code: "a", line: 1}, %{code: "bc", line: 1}] = split(["a; b", "c"])
+    end
+
+    test "comment lines after a pipeline's last stage are left out of it" do
+      assert [%{code: "[1]\n# kept\n|> hd()", line: 1}, %{code: "y", line: 6}] =
+               split(["[1]\n# kept\n|> hd()\n# dropped\n\ny\n"])
     end
 
     test "pending/1 returns the text not committed yet" do

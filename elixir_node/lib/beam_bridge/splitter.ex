@@ -15,18 +15,23 @@ defmodule BeamBridge.Splitter do
   decision asks Elixir's parser (`Code.string_to_quoted/2`), never a
   pattern over the text:
 
-    * while the pending text is unfinished (an open `do`, bracket,
-      string, heredoc or sigil, or a trailing operator), each new line
-      is appended and the pending text is parsed again;
-    * once it parses, blank and comment-only lines are held back, and the
-      next line with code decides: if parsing the pending text together
-      with that line gives the same leading expressions plus new ones,
-      the pending text is committed; if the line changes the last
-      expression (it starts with a binary operator such as `|>`, `.`,
-      `and` or `when`), it continues it. A line starting with `+` or `-`
-      is a unary expression, as the parser sees it. When the joint text is
-      unfinished or broken, the line begins a new expression exactly when
-      it can begin one on its own;
+    * a line with code after a complete expression begins a new one when
+      it can begin one on its own, which is the parser's own rule after a
+      newline: only a binary operator (`|>`, `*`, `==`, `and`, `.`,
+      `when`, …) continues an expression there, and none of those can
+      begin one, while `+`, `-`, `!`, `&`, `@` and `not` are unary at the
+      start of a line. The one operator that is both, `..`, continues.
+      Whatever the line leaves open is closed before asking, because the
+      tokenizer reports a missing terminator before the parser sees that
+      `|> foo(` starts with an operator;
+    * blank and comment-only lines after a complete expression are held
+      back: they are kept inside it when a continuation follows and left
+      out otherwise;
+    * while the pending expression is unfinished, each new line is
+      appended, and the pending text is parsed again when the line
+      contains what closes the innermost open construct (`end`, `)`,
+      `\"""`, the sigil's delimiter, …, taken from the tokenizer's
+      message) or, after a trailing operator, at every line;
     * expressions separated by `;` become separate fragments with the
       same line; they are committed together with the last one.
 
@@ -43,10 +48,10 @@ defmodule BeamBridge.Splitter do
       `|> )`) belongs to the expression before it, so that expression is
       reported broken with it rather than run without its tail;
     * otherwise the broken fragment starts at the first line of the
-      unfinished expression and runs up to the next line that is indented
-      no deeper than that first line and that starts an expression on its
-      own; the lines in between (the rest of a broken `do` block, for
-      instance) are part of the broken fragment;
+      expression and runs up to the next line that is indented no deeper
+      than that first line and that starts an expression on its own; the
+      lines in between (the rest of a broken `do` block, for instance) are
+      part of it;
     * at `finish/1`, unfinished pending text is a broken fragment too.
 
   The tokenizer reports a missing terminator before any parse error, so
@@ -56,11 +61,13 @@ defmodule BeamBridge.Splitter do
 
   ## Cost
 
-  Each line is parsed once on its own at most, plus the pending text it
-  joins; committed text is dropped. The cost is linear in the stream as
-  long as fragments are short; a fragment of `n` lines is parsed at each
-  of its lines, so its cost grows with `n²` (a 1,000-line module is
-  parsed 1,000 times).
+  Committed text is dropped, so the cost is linear in the stream while
+  fragments are short: a one-line fragment is parsed once, a pipeline
+  once per stage line plus once whole. A fragment that spans lines is
+  parsed whole again at each line that can close its innermost open
+  construct, so a module of `d` nested `end`s and `n` lines costs about
+  `d · n` line parses: a 1,000-line module with 100 functions is parsed
+  whole about 100 times.
 
   ## Atoms
 
@@ -69,12 +76,6 @@ defmodule BeamBridge.Splitter do
   the parser calls for identifiers, aliases, keyword keys and atom
   literals alike. The trees stay inside the splitter; the evaluator parses
   each fragment's text again under its own rules.
-
-  ## Known limit
-
-  A line starting with `..` continues the line before it (it is the
-  binary range operator there), but when that line is also unfinished on
-  its own it is taken as a new expression.
   """
 
   # Nesting deeper than this in one line is taken to begin an expression.
@@ -96,7 +97,10 @@ defmodule BeamBridge.Splitter do
     * `:empty` - nothing pending;
     * `{:complete, size, exprs}` - the first `size` bytes parse as
       `exprs`; the rest is blank and comment-only lines;
-    * `:incomplete` - an expression that is not finished yet;
+    * `{:continued, size}` - a complete expression and continuation lines
+      not parsed together yet; the first `size` bytes end with code;
+    * `{:incomplete, closer}` - an expression that is not finished yet;
+      only a line containing `closer` (when not nil) can finish it;
     * `{:broken, error, indent}` - text that can never parse, held until a
       line indented at most `indent` starts an expression.
   """
@@ -107,7 +111,8 @@ defmodule BeamBridge.Splitter do
             pending_line: pos_integer,
             status:
               :empty
-              | :incomplete
+              | {:continued, non_neg_integer}
+              | {:incomplete, binary | nil}
               | {:complete, non_neg_integer, list}
               | {:broken, map, non_neg_integer}
           }
