@@ -150,10 +150,23 @@ defmodule SplitterBench do
     count + length(last)
   end
 
+  # Each run streams in a fresh process, after a collection, so the
+  # garbage of generating the text is not charged to the splitter. The
+  # best of `@repeats` runs is kept: the machine may be shared.
+  @repeats 3
+
   def measure(mib) do
+    1..@repeats
+    |> Enum.map(fn _ -> Task.await(Task.async(fn -> measure_once(mib) end), :infinity) end)
+    |> Enum.min_by(& &1.seconds)
+  end
+
+  defp measure_once(mib) do
     text = generate(mib * @mib)
     # A warm-up run keeps code loading out of the first measurement.
     _ = stream(binary_part(text, 0, 40_000))
+    :erlang.garbage_collect()
+
     # CPU time is reported beside wall time because the machine may be
     # shared; the goals are checked against wall time.
     {cpu_before, _} = :erlang.statistics(:runtime)
@@ -175,6 +188,7 @@ defmodule SplitterBench do
     [one, two] = Enum.map([1, 2], &measure/1)
     ratio = two.seconds / one.seconds
 
+    IO.puts("best of #{@repeats} runs, #{@chunk_size}-byte chunks")
     IO.puts("size     seconds   cpu s   MiB/s   fragments   ratio 2MiB/1MiB")
 
     for row <- [one, two] do
@@ -196,6 +210,7 @@ defmodule SplitterBench do
 
     write_json(%{
       chunk_bytes: @chunk_size,
+      best_of: @repeats,
       runs: [one, two],
       ratio_2mib_1mib: ratio,
       goals: goals,
