@@ -442,10 +442,12 @@ defmodule BeamBridge.Splitter do
     end
   end
 
+  # Catching the bare badarg skips building an ArgumentError for each
+  # unknown name.
   defp encode_name(name, _meta) do
-    {:ok, String.to_existing_atom(name)}
-  rescue
-    ArgumentError -> {:ok, {:unknown_name, name}}
+    {:ok, :erlang.binary_to_existing_atom(name, :utf8)}
+  catch
+    :error, :badarg -> {:ok, {:unknown_name, name}}
   end
 
   defp error(meta, message, token) do
