@@ -113,14 +113,29 @@ defmodule BeamBridge.SplitterTest do
   end
 
   describe "feed/2 timing" do
-    test "commits a fragment once the next line that begins an expression is complete" do
+    test "commits a fragment once the next line's first word shows it begins an expression" do
       splitter = Splitter.new()
 
       assert {[], splitter} = Splitter.feed(splitter, "x = 1\n")
       assert {[], splitter} = Splitter.feed(splitter, "\n# comment\n")
-      assert {[], splitter} = Splitter.feed(splitter, "y = ")
-      assert {[%{code: "x = 1", line: 1}], splitter} = Splitter.feed(splitter, "2\n")
+      assert {[], splitter} = Splitter.feed(splitter, "y")
+      assert {[%{code: "x = 1", line: 1}], splitter} = Splitter.feed(splitter, " = ")
+      assert {[], splitter} = Splitter.feed(splitter, "2\n")
       assert {[%{code: "y = 2", line: 4}], _} = Splitter.finish(splitter)
+    end
+
+    test "a first word that may still grow into an operator does not commit" do
+      for {head, rest} <- [{"an", "d true"}, {"o", "r y"}, {"not", " in [1]"}, {"|", "> f()"}] do
+        {[], splitter} = Splitter.feed(Splitter.new(), "x\n" <> head)
+        assert {[], splitter} = Splitter.feed(splitter, rest)
+        assert {[%{code: code, line: 1}], _} = Splitter.finish(splitter)
+        assert code == "x\n" <> head <> rest
+      end
+    end
+
+    test "a call's opening parenthesis shows its name is whole" do
+      {[], splitter} = Splitter.feed(Splitter.new(), "x = 1\nIO.puts")
+      assert {[%{code: "x = 1"}], _} = Splitter.feed(splitter, "(")
     end
 
     test "holds a fragment while the next line may still continue it" do

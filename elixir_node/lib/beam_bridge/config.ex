@@ -18,7 +18,11 @@ defmodule BeamBridge.Config do
     * `:max_output_bytes` - output per fragment (default 1 MiB)
   """
 
-  @default_limits %{timeout_ms: 5_000, max_heap_bytes: 256 * 1024 * 1024, max_output_bytes: 1024 * 1024}
+  @default_limits %{
+    timeout_ms: 5_000,
+    max_heap_bytes: 256 * 1024 * 1024,
+    max_output_bytes: 1024 * 1024
+  }
 
   @doc "Options for `BeamBridge.Listener.start_link/1`, from the application environment."
   @spec listener_options() :: keyword

@@ -71,11 +71,16 @@ defmodule BeamBridge.Evaluator do
         {value, binding, env} = Code.eval_quoted_with_env(quoted, binding, env)
         {:ok, value, {binding, prune(env)}}
       rescue
-        exception -> {:error, exception_kind(exception), Exception.message(exception),
-                      error_line(exception, __STACKTRACE__)}
+        exception ->
+          line = error_line(exception, __STACKTRACE__) || line
+          {:error, exception_kind(exception), message(exception), line}
       catch
-        :throw, value -> {:error, "throw", "uncaught throw: " <> inspect(value), stack_line(__STACKTRACE__)}
-        :exit, reason -> {:error, "exit", Exception.format_exit(reason), stack_line(__STACKTRACE__)}
+        :throw, value ->
+          {:error, "throw", "uncaught throw: " <> inspect(value),
+           stack_line(__STACKTRACE__) || line}
+
+        :exit, reason ->
+          {:error, "exit", Exception.format_exit(reason), stack_line(__STACKTRACE__) || line}
       end
 
     elapsed = System.monotonic_time(:microsecond) - started
@@ -99,10 +104,26 @@ defmodule BeamBridge.Evaluator do
     module |> Module.split() |> Enum.join(".")
   end
 
+  # Compile errors put "fragment:LINE: " in front of their message; the line
+  # is already a field of its own.
+  defp message(exception) do
+    text = Exception.message(exception)
+
+    with @file_name <> ":" <> rest <- text,
+         {_line, ": " <> message} <- Integer.parse(rest) do
+      message
+    else
+      _ -> text
+    end
+  end
+
   defp error_line(%{line: line}, _stack) when is_integer(line) and line > 0, do: line
   defp error_line(_exception, stack), do: stack_line(stack)
 
   # The innermost frame that belongs to the fragment's own source.
+  # erl_eval does not put lines in its frames, so an error raised by the
+  # fragment's own code usually has none; the caller falls back to the line
+  # the fragment starts on.
   defp stack_line(stack) do
     Enum.find_value(stack, fn {_m, _f, _a, info} ->
       if info[:file] == String.to_charlist(@file_name), do: info[:line]
@@ -136,6 +157,7 @@ defmodule BeamBridge.Evaluator do
   end
 
   defp to_data(_value, budget) when budget <= 0, do: :error
+
   defp to_data(v, budget) when is_integer(v) or is_float(v) or is_boolean(v) or is_nil(v),
     do: {:ok, v, budget - 1}
 
@@ -169,7 +191,11 @@ defmodule BeamBridge.Evaluator do
   # Improper lists do not map to JSON.
   defp list_to_data(_tail, _acc, _budget), do: :error
 
-  defp key_to_data(key) when is_binary(key), do: if(String.valid?(key), do: {:ok, key}, else: :error)
-  defp key_to_data(key) when is_atom(key) and key not in [nil, true, false], do: {:ok, Atom.to_string(key)}
+  defp key_to_data(key) when is_binary(key),
+    do: if(String.valid?(key), do: {:ok, key}, else: :error)
+
+  defp key_to_data(key) when is_atom(key) and key not in [nil, true, false],
+    do: {:ok, Atom.to_string(key)}
+
   defp key_to_data(_key), do: :error
 end

@@ -25,8 +25,16 @@ defmodule BeamBridge.IOProxy do
   @spec start(pid, reference, pos_integer) :: pid
   def start(session, ref, max_output_bytes) do
     spawn(fn ->
-      loop(%{session: session, ref: ref, buffer: [], size: 0, total: 0,
-             limit: max_output_bytes, timer: nil, over: false})
+      loop(%{
+        session: session,
+        ref: ref,
+        buffer: [],
+        size: 0,
+        total: 0,
+        limit: max_output_bytes,
+        timer: nil,
+        over: false
+      })
     end)
   end
 
@@ -125,8 +133,12 @@ defmodule BeamBridge.IOProxy do
       send(state.session, {:evaluation_output_limit, state.ref})
       state
     else
-      state = %{state | buffer: [state.buffer | text], size: state.size + byte_size(text),
-                        total: state.total + byte_size(text)}
+      state = %{
+        state
+        | buffer: [state.buffer | text],
+          size: state.size + byte_size(text),
+          total: state.total + byte_size(text)
+      }
 
       cond do
         state.size >= @flush_bytes -> flush(state)

@@ -243,8 +243,12 @@ defmodule BeamBridge.Session do
       emit(state, :fragment, %{index: index, code: fragment.code, line: fragment.line})
       item = {:fragment, index, state.block, fragment}
 
-      %{state | queue: :queue.in(item, state.queue), next_index: index + 1,
-                block_fragments: state.block_fragments + 1}
+      %{
+        state
+        | queue: :queue.in(item, state.queue),
+          next_index: index + 1,
+          block_fragments: state.block_fragments + 1
+      }
     end)
   end
 
@@ -254,30 +258,43 @@ defmodule BeamBridge.Session do
         state
 
       {{:value, item}, queue} ->
-        run_next(start(item, %{state | queue: queue}))
+        run_next(begin_item(item, %{state | queue: queue}))
     end
   end
 
   defp run_next(state), do: state
 
-  defp start({:done, block, fragments}, state) do
+  defp begin_item({:done, block, fragments}, state) do
     {errors, block_errors} = Map.pop(state.block_errors, block, 0)
     emit(state, :done, %{fragments: fragments, errors: errors})
     %{state | block_errors: block_errors, halted: MapSet.delete(state.halted, block)}
   end
 
-  defp start({:fragment, index, block, %{error: %{} = error}}, state) do
-    result = %{ok: false, elapsed_us: 0, error: %{kind: "SyntaxError", message: error.message, line: error.line}}
+  defp begin_item({:fragment, index, block, %{error: %{} = error}}, state) do
+    result = %{
+      ok: false,
+      elapsed_us: 0,
+      error: %{kind: "SyntaxError", message: error.message, line: error.line}
+    }
+
     record(state, index, block, result)
   end
 
-  defp start({:fragment, index, block, fragment}, state) do
+  defp begin_item({:fragment, index, block, fragment}, state) do
     if MapSet.member?(state.halted, block) do
-      error = %{kind: "skipped", message: "an earlier fragment of this block failed", line: fragment.line}
+      error = %{
+        kind: "skipped",
+        message: "an earlier fragment of this block failed",
+        line: fragment.line
+      }
+
       record(state, index, block, %{ok: false, elapsed_us: 0, error: error})
     else
       running = Evaluator.start(fragment.code, fragment.line, state.context, state.limits)
-      timer = Process.send_after(self(), {:evaluation_timeout, running.ref}, state.limits.timeout_ms)
+
+      timer =
+        Process.send_after(self(), {:evaluation_timeout, running.ref}, state.limits.timeout_ms)
+
       started = System.monotonic_time(:microsecond)
       running = Map.merge(running, %{index: index, block: block, timer: timer, started: started})
       %{state | running: running}
@@ -298,7 +315,10 @@ defmodule BeamBridge.Session do
       state
     else
       state = %{state | block_errors: Map.update(state.block_errors, block, 1, &(&1 + 1))}
-      if state.options.on_error == :halt, do: %{state | halted: MapSet.put(state.halted, block)}, else: state
+
+      if state.options.on_error == :halt,
+        do: %{state | halted: MapSet.put(state.halted, block)},
+        else: state
     end
   end
 
@@ -318,7 +338,8 @@ defmodule BeamBridge.Session do
 
   defp drain_output(state, %{ref: ref} = running) do
     receive do
-      {:evaluation_output, ^ref, text} -> state |> emit_output(running, text) |> drain_output(running)
+      {:evaluation_output, ^ref, text} ->
+        state |> emit_output(running, text) |> drain_output(running)
     after
       0 -> state
     end
@@ -335,7 +356,9 @@ defmodule BeamBridge.Session do
   # the pending buffer is dropped. Block ends already queued still report.
   defp cancel(state) do
     state =
-      if state.running, do: kill_running(state, "cancelled", "cancelled by the client"), else: state
+      if state.running,
+        do: kill_running(state, "cancelled", "cancelled by the client"),
+        else: state
 
     {items, state} = {:queue.to_list(state.queue), %{state | queue: :queue.new()}}
 
@@ -346,7 +369,7 @@ defmodule BeamBridge.Session do
           record(state, index, block, %{ok: false, elapsed_us: 0, error: error})
 
         done, state ->
-          start(done, state)
+          begin_item(done, state)
       end)
 
     %{state | splitter: Splitter.new()}

@@ -131,6 +131,10 @@ defmodule BeamBridge.Splitter do
   """
   @spec feed(t, binary) :: {[fragment], t}
   def feed(%__MODULE__{} = splitter, chunk) when is_binary(chunk) do
+    splitter |> take_chunk(chunk) |> commit_early()
+  end
+
+  defp take_chunk(splitter, chunk) do
     case :binary.match(chunk, "\n") do
       :nomatch ->
         {[], %{splitter | partial: splitter.partial <> chunk}}
@@ -354,6 +358,52 @@ defmodule BeamBridge.Splitter do
   end
 
   # Commits
+
+  # The first token of the next line already settles whether the pending
+  # expression goes on: a complete word there that could not continue it
+  # commits it before the rest of that line arrives, so a fragment's
+  # result does not wait for the model to finish writing the next line.
+  defp commit_early({fragments, %{status: {tag, _, _}} = splitter}) when tag == :complete,
+    do: commit_before_partial(fragments, splitter)
+
+  defp commit_early({fragments, %{status: {:continued, _}} = splitter}),
+    do: commit_before_partial(fragments, splitter)
+
+  defp commit_early(done), do: done
+
+  defp commit_before_partial(fragments, splitter) do
+    n = splitter.line
+
+    with {:ok, word} <- first_word(splitter.partial),
+         false <- continues?(word, n, parse(word, n)),
+         %{status: {:complete, _size, _exprs}} = settled <- settled(splitter) do
+      {fragments ++ commit(settled), %{settled | status: :empty, pending: ""}}
+    else
+      _wait -> {fragments, splitter}
+    end
+  end
+
+  defp settled(%{status: {:continued, _size}} = splitter), do: settle(splitter)
+  defp settled(splitter), do: splitter
+
+  # The line's first word when something after it shows the word is whole:
+  # white space or an opening parenthesis. `not` waits for the next word,
+  # since `not in` continues an expression.
+  defp first_word(partial) do
+    text = trim_indent(partial)
+
+    case :binary.match(text, [" ", "\t", "\r", "("]) do
+      {at, _} when at > 0 ->
+        case binary_part(text, 0, at) do
+          "#" <> _comment -> :error
+          "not" -> :error
+          word -> {:ok, word}
+        end
+
+      _none ->
+        :error
+    end
+  end
 
   defp flush(splitter) do
     case splitter.status do
