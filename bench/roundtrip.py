@@ -357,7 +357,12 @@ def main() -> None:
     if args.quick:
         args.calls, args.python_calls, args.elixir_calls = 200, 10, 2
         args.lag_fragments, args.blocks = 20, 3
-    results = asyncio.run(run(args))
+    try:
+        import uvloop  # the gateway runs on it too (see beambridge.cli)
+
+        results = uvloop.run(run(args))
+    except ImportError:
+        results = asyncio.run(run(args))
     show(results)
     out = ROOT / "bench" / "results" / "roundtrip.json"
     out.parent.mkdir(parents=True, exist_ok=True)

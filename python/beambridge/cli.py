@@ -20,10 +20,11 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -56,12 +57,22 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        return asyncio.run(args.func(args))
+        return _run_loop(args.func(args))
     except KeyboardInterrupt:
         return 130
     except BeambridgeError as exc:
         print(f"beambridge: {exc}", file=sys.stderr)
         return 1
+
+
+def _run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed: it takes about a quarter off the
+    Python share of a round trip (fewer, cheaper transport calls)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _parser() -> argparse.ArgumentParser:
