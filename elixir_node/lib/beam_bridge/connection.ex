@@ -36,6 +36,7 @@ defmodule BeamBridge.Connection do
       secret: Keyword.fetch!(opts, :secret),
       max_frame_bytes: Keyword.fetch!(opts, :max_frame_bytes),
       authenticated: false,
+      buffer: "",
       sessions: %{}
     }
 
@@ -48,16 +49,15 @@ defmodule BeamBridge.Connection do
     {:noreply, state}
   end
 
-  def handle_info({:tcp, socket, frame}, state) do
-    state = handle_frame(frame, state)
-    if state, do: :inet.setopts(socket, active: :once)
-    if state, do: {:noreply, state}, else: {:stop, :normal, nil}
-  end
+  def handle_info({:tcp, socket, data}, state) do
+    case take_frames(state.buffer <> data, state) do
+      {:ok, rest, state} ->
+        :ok = :inet.setopts(socket, active: :once)
+        {:noreply, %{state | buffer: rest}}
 
-  def handle_info({:tcp_error, _socket, :emsgsize}, state) do
-    reply_error(state, :frame_too_large, "frame over #{state.max_frame_bytes} bytes")
-    :gen_tcp.close(state.socket)
-    {:stop, :normal, state}
+      :closed ->
+        {:stop, :normal, nil}
+    end
   end
 
   def handle_info({:tcp_error, _socket, reason}, state) do
@@ -78,6 +78,28 @@ defmodule BeamBridge.Connection do
   end
 
   # -- frames
+
+  # Frames are cut here rather than by the socket's `packet: 4` mode so that
+  # an oversized frame can still be answered before the connection closes.
+  defp take_frames(<<size::32, _rest::binary>>, state) when size > state.max_frame_bytes do
+    reply_error(
+      state,
+      :frame_too_large,
+      "frame of #{size} bytes is over #{state.max_frame_bytes}"
+    )
+
+    :gen_tcp.close(state.socket)
+    :closed
+  end
+
+  defp take_frames(<<size::32, frame::binary-size(size), rest::binary>>, state) do
+    case handle_frame(frame, state) do
+      nil -> :closed
+      state -> take_frames(rest, state)
+    end
+  end
+
+  defp take_frames(partial, state), do: {:ok, partial, state}
 
   defp handle_frame(frame, state) do
     case decode(frame) do
@@ -244,6 +266,7 @@ defmodule BeamBridge.Connection do
   end
 
   defp send_frame(state, message) do
-    :gen_tcp.send(state.socket, :erlang.term_to_binary(message))
+    payload = :erlang.term_to_binary(message)
+    :gen_tcp.send(state.socket, [<<byte_size(payload)::32>>, payload])
   end
 end

@@ -3,9 +3,8 @@ defmodule BeamBridge.Listener do
   Accepts gateway connections on TCP and hands each socket to its own
   `BeamBridge.Connection` process.
 
-  Framing is done by the socket itself (`packet: 4`): a 4-byte big-endian
-  length before every ETF payload, with `packet_size` refusing frames over
-  the node's limit. See `protocol/bridge.md`.
+  Frames are a 4-byte big-endian length and an ETF payload; see
+  `protocol/bridge.md`.
 
   Options:
 
@@ -49,8 +48,6 @@ defmodule BeamBridge.Listener do
 
     socket_opts = [
       :binary,
-      packet: 4,
-      packet_size: Keyword.fetch!(opts, :max_frame_bytes),
       active: false,
       reuseaddr: true,
       nodelay: true,
