@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 from beambridge import etf
@@ -127,3 +130,54 @@ def test_frame_reader_refuses_an_oversized_length() -> None:
     reader = etf.FrameReader(max_bytes=16)
     with pytest.raises(CodecError):
         reader.feed((17).to_bytes(4, "big") + b"x")
+
+
+GATEWAY_SENDS = {
+    "hello", "open", "chunk", "end", "eval", "cancel", "rewind", "fork", "close", "ping",
+}  # fmt: skip
+
+
+def _vectors() -> list[dict[str, str]]:
+    """The records of ``protocol/vectors/bridge.txt`` (shared with the node)."""
+    text = (
+        Path(__file__).resolve().parent.parent / "protocol/vectors/bridge.txt"
+    ).read_text()
+    records = []
+    for block in text.split("\n\n"):
+        fields = dict(
+            line.split(": ", 1)
+            for line in block.splitlines()
+            if not line.startswith("#")
+        )
+        if "hex" in fields:
+            records.append(fields)
+    return records
+
+
+def _from_tagged(value: Any) -> Any:
+    """The vectors' tagged JSON as the decoder's Python terms."""
+    if isinstance(value, dict) and "atom" in value:
+        return {"nil": None, "true": True, "false": False}.get(
+            value["atom"], Atom(value["atom"])
+        )
+    if isinstance(value, dict) and "map" in value:
+        return {_from_tagged(k): _from_tagged(v) for k, v in value["map"]}
+    if isinstance(value, list):
+        return [_from_tagged(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("record", _vectors(), ids=lambda r: r["name"])
+def test_bridge_vectors_decode_and_round_trip(record: dict[str, str]) -> None:
+    """Each shared vector decodes to its meaning, atoms as atoms, and what
+    the gateway sends round-trips through our encoder (erlpack cannot encode
+    integers beyond 64 bits, which only the node sends)."""
+    expected = _from_tagged(json.loads(record["json"]))
+    decoded = etf.decode(bytes.fromhex(record["hex"]))
+    assert decoded == expected
+    if isinstance(expected, dict):
+        for key in decoded:
+            assert isinstance(key, Atom)
+        assert isinstance(decoded[Atom("type")], Atom)
+    if decoded.get("type") in GATEWAY_SENDS:
+        assert etf.decode(etf.encode(expected)) == expected
