@@ -40,7 +40,9 @@ run: deps
 	$(VENV)/bin/beambridge demo
 
 bench: deps
-	cd $(NODE_DIR) && mix run --no-start ../bench/node_bench.exs
+	cd $(NODE_DIR) && MIX_ENV=prod mix run --no-start ../bench/node_bench.exs
+	cd $(NODE_DIR) && MIX_ENV=prod mix run --no-start ../bench/splitter_bench.exs
+	$(PY) bench/roundtrip.py
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/_build

@@ -1,0 +1,135 @@
+# Node-side cost of a fragment: the whole path inside the node (splitting,
+# a fresh evaluation process, IO capture, result and `done` events) against
+# a bare `Code.eval_quoted` of the same fragment, measured in one run, and
+# fragments per second with 1 and 100 concurrent sessions.
+#
+#     cd elixir_node && mix run --no-start ../bench/node_bench.exs
+#
+# Writes bench/results/node.json next to this file. The goal is under
+# 50 µs of overhead per fragment.
+
+defmodule NodeBench do
+  alias BeamBridge.Session
+
+  @code "x = 1 + 1"
+  @warmup 2_000
+  @calls 20_000
+
+  def run do
+    # The bench drives sessions directly; no listener is needed.
+    Application.put_env(:beam_bridge, :listen, false)
+    {:ok, _} = Application.ensure_all_started(:beam_bridge)
+
+    bare = bare_us()
+    session = session_us()
+    one = throughput(1, 20_000)
+    hundred = throughput(100, 200)
+
+    rows = [
+      {"bare Code.eval_quoted (µs/fragment)", bare},
+      {"session: split + evaluate + events (µs/fragment)", session},
+      {"overhead (µs/fragment)", session - bare},
+      {"fragments/s, 1 session", one},
+      {"fragments/s, 100 sessions", hundred}
+    ]
+
+    IO.puts("\nbeambridge node benchmark (#{System.schedulers_online()} schedulers)\n")
+    for {name, value} <- rows, do: IO.puts(String.pad_trailing(name, 52) <> format(value))
+
+    write_json(%{
+      bare_eval_us: bare,
+      session_fragment_us: session,
+      overhead_us: session - bare,
+      overhead_goal_us: 50,
+      fragments_per_s_1_session: one,
+      fragments_per_s_100_sessions: hundred,
+      schedulers: System.schedulers_online(),
+      otp: System.otp_release(),
+      elixir: System.version()
+    })
+  end
+
+  # The baseline parses and evaluates in the calling process, as an
+  # embedding without sessions would.
+  defp bare_us do
+    binding = [x: 0]
+    env = Code.env_for_eval([])
+
+    for _ <- 1..@warmup do
+      Code.eval_quoted_with_env(Code.string_to_quoted!(@code), binding, env)
+    end
+
+    {us, _} =
+      :timer.tc(fn ->
+        for _ <- 1..@calls do
+          Code.eval_quoted_with_env(Code.string_to_quoted!(@code), binding, env)
+        end
+      end)
+
+    us / @calls
+  end
+
+  # One `eval` request at a time, each awaited up to its `done` event.
+  defp session_us do
+    pid = open()
+    for _ <- 1..@warmup, do: eval_and_wait(pid)
+    {us, _} = :timer.tc(fn -> for _ <- 1..@calls, do: eval_and_wait(pid) end)
+    us / @calls
+  end
+
+  # `sessions` sessions, each sent `per_session` fragments at once; the rate
+  # counts fragments whose results arrived.
+  defp throughput(sessions, per_session) do
+    pids = for _ <- 1..sessions, do: open()
+    code = String.duplicate(@code <> "\n", per_session)
+
+    {us, _} =
+      :timer.tc(fn ->
+        for pid <- pids, do: Session.request(pid, {:eval, code})
+        for _ <- pids, do: await_done()
+      end)
+
+    sessions * per_session / (us / 1_000_000)
+  end
+
+  defp open do
+    {:ok, pid} = Session.start("bench-#{System.unique_integer([:positive])}", owner: self())
+    receive do: ({:bridge_event, %{type: :opened}} -> pid)
+  end
+
+  defp eval_and_wait(pid) do
+    Session.request(pid, {:eval, @code})
+    await_done()
+  end
+
+  defp await_done do
+    receive do
+      {:bridge_event, %{type: :done}} -> :ok
+      {:bridge_event, _other} -> await_done()
+    after
+      10_000 -> raise "no done event within 10 s"
+    end
+  end
+
+  defp format(value) when value >= 1000, do: value |> round() |> Integer.to_string()
+  defp format(value), do: :erlang.float_to_binary(value / 1, decimals: 1)
+
+  defp write_json(map) do
+    dir = Path.join(__DIR__, "results")
+    File.mkdir_p!(dir)
+
+    body =
+      map
+      |> Enum.map(fn {k, v} -> ~s(  "#{k}": #{json(v)}) end)
+      |> Enum.join(",\n")
+
+    File.write!(Path.join(dir, "node.json"), "{\n" <> body <> "\n}\n")
+    IO.puts("\nwrote #{Path.join(dir, "node.json")}")
+  end
+
+  defp json(v) when is_binary(v), do: inspect(v)
+  defp json(v) when is_float(v), do: :erlang.float_to_binary(v, decimals: 2)
+  defp json(v), do: to_string(v)
+end
+
+NodeBench.run()
