@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if getattr(args, "debug_frames", False):
+        logging.getLogger("beambridge").setLevel(logging.DEBUG)
     try:
         return _run_loop(args.func(args))
     except KeyboardInterrupt:
