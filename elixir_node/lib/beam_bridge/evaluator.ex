@@ -17,7 +17,7 @@ defmodule BeamBridge.Evaluator do
   bound when it is printed.
   """
 
-  alias BeamBridge.IOProxy
+  alias BeamBridge.{IOProxy, Trace}
 
   @file_name "fragment"
   @max_value_bytes 64 * 1024
@@ -36,20 +36,23 @@ defmodule BeamBridge.Evaluator do
   Starts evaluating `code` (whose first line is `line` within its block) in
   `context`, reporting to the calling process.
 
-  Options (required): `:max_heap_bytes`, `:max_output_bytes`.
+  Options: `:max_heap_bytes` and `:max_output_bytes` (required), `:trace`
+  (default `false`): report step events, see `BeamBridge.Trace`.
   """
   @spec start(binary, pos_integer, context, map) :: running
-  def start(code, line, context, limits) do
+  def start(code, line, context, opts) do
     session = self()
     ref = make_ref()
-    proxy = IOProxy.start(session, ref, limits.max_output_bytes)
-    heap_words = div(limits.max_heap_bytes, :erlang.system_info(:wordsize))
+    proxy = IOProxy.start(session, ref, opts.max_output_bytes)
+    heap_words = div(opts.max_heap_bytes, :erlang.system_info(:wordsize))
+    trace = Map.get(opts, :trace, false)
 
     {pid, monitor} =
       :erlang.spawn_opt(
         fn ->
           Process.group_leader(self(), proxy)
-          IOProxy.finish(proxy, run(code, line, context))
+          if trace, do: Trace.start(proxy)
+          IOProxy.finish(proxy, run(code, line, context, trace: trace))
         end,
         [:monitor, max_heap_size: %{size: heap_words, kill: true, error_logger: false}]
       )
@@ -58,16 +61,46 @@ defmodule BeamBridge.Evaluator do
   end
 
   @doc """
+  Kills an evaluation and every process it started, at once: `:kill` cannot
+  be trapped. The processes an evaluation starts inherit its group leader,
+  the proxy, which is how they are found; rounds repeat while a process
+  being killed manages to start another.
+  """
+  @spec kill(running) :: :ok
+  def kill(%{pid: pid, proxy: proxy}) do
+    Process.exit(pid, :kill)
+    kill_started_by(proxy, 10)
+  end
+
+  defp kill_started_by(_proxy, 0), do: :ok
+
+  defp kill_started_by(proxy, rounds) do
+    started =
+      for process <- Process.list(),
+          process != proxy,
+          Process.info(process, :group_leader) == {:group_leader, proxy},
+          do: process
+
+    if started != [] do
+      Enum.each(started, &Process.exit(&1, :kill))
+      kill_started_by(proxy, rounds - 1)
+    else
+      :ok
+    end
+  end
+
+  @doc """
   Evaluates `code` in `context` in the calling process and describes the
   outcome (see the moduledoc). Used by `start/4`, and directly by benchmarks.
   """
-  @spec run(binary, pos_integer, context) :: {:ok, map, context} | {:error, map}
-  def run(code, line, {binding, env}) do
+  @spec run(binary, pos_integer, context, keyword) :: {:ok, map, context} | {:error, map}
+  def run(code, line, {binding, env}, opts \\ []) do
     started = System.monotonic_time(:microsecond)
 
     outcome =
       try do
         quoted = Code.string_to_quoted!(code, line: line, file: @file_name)
+        quoted = if opts[:trace], do: Trace.instrument(quoted), else: quoted
         {value, binding, env} = Code.eval_quoted_with_env(quoted, binding, env)
         {:ok, value, {binding, prune(env)}}
       rescue
@@ -87,10 +120,18 @@ defmodule BeamBridge.Evaluator do
 
     case outcome do
       {:ok, value, context} ->
-        {:ok, %{value: value_text(value), data: data(value), elapsed_us: elapsed}, context}
+        result = %{value: value_text(value), data: data(value), elapsed_us: elapsed}
+        {:ok, with_dropped_steps(result), context}
 
       {:error, kind, message, line} ->
         {:error, %{kind: kind, message: message, line: line, elapsed_us: elapsed}}
+    end
+  end
+
+  defp with_dropped_steps(result) do
+    case Trace.dropped() do
+      0 -> result
+      dropped -> Map.put(result, :steps_dropped, dropped)
     end
   end
 

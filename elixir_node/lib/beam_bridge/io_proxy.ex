@@ -71,6 +71,12 @@ defmodule BeamBridge.IOProxy do
         send(from, {:io_reply, reply_as, reply})
         loop(state)
 
+      # A step of a traced evaluation: output printed before it goes first.
+      {:evaluation_step, line, text} ->
+        state = flush(state)
+        send(state.session, {:evaluation_step, state.ref, line, text})
+        loop(state)
+
       :flush ->
         loop(flush(%{state | timer: nil}))
 

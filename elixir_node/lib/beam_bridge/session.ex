@@ -140,6 +140,11 @@ defmodule BeamBridge.Session do
     {:noreply, state}
   end
 
+  def handle_info({:evaluation_step, ref, line, text}, %{running: %{ref: ref}} = state) do
+    emit(state, :step, %{index: state.running.index, line: line, value: text})
+    {:noreply, state}
+  end
+
   def handle_info({:evaluation_result, ref, outcome}, %{running: %{ref: ref} = running} = state) do
     Process.demonitor(running.monitor, [:flush])
     cancel_timer(running.timer)
@@ -290,7 +295,8 @@ defmodule BeamBridge.Session do
 
       record(state, index, block, %{ok: false, elapsed_us: 0, error: error})
     else
-      running = Evaluator.start(fragment.code, fragment.line, state.context, state.limits)
+      opts = Map.put(state.limits, :trace, state.options.trace)
+      running = Evaluator.start(fragment.code, fragment.line, state.context, opts)
 
       timer =
         Process.send_after(self(), {:evaluation_timeout, running.ref}, state.limits.timeout_ms)
@@ -328,7 +334,7 @@ defmodule BeamBridge.Session do
   defp kill_running(%{running: running} = state, kind, message) do
     elapsed = System.monotonic_time(:microsecond) - running.started
     Process.demonitor(running.monitor, [:flush])
-    Process.exit(running.pid, :kill)
+    Evaluator.kill(running)
     cancel_timer(running.timer)
     held = IOProxy.stop(running.proxy)
     state |> drain_output(running) |> emit_output(running, held)
@@ -340,6 +346,10 @@ defmodule BeamBridge.Session do
     receive do
       {:evaluation_output, ^ref, text} ->
         state |> emit_output(running, text) |> drain_output(running)
+
+      {:evaluation_step, ^ref, line, text} ->
+        emit(state, :step, %{index: running.index, line: line, value: text})
+        drain_output(state, running)
     after
       0 -> state
     end
@@ -378,7 +388,7 @@ defmodule BeamBridge.Session do
   defp kill_quietly(%{running: nil} = state), do: state
 
   defp kill_quietly(%{running: running} = state) do
-    Process.exit(running.pid, :kill)
+    Evaluator.kill(running)
     Process.exit(running.proxy, :kill)
     %{state | running: nil}
   end
