@@ -196,4 +196,63 @@ defmodule BeamBridge.ChangeOfMindTest do
       assert [%{value: "1100", steps_dropped: 100}] = results(events)
     end
   end
+
+  describe "speculative evaluation" do
+    defp speculating(pid) do
+      case :sys.get_state(pid).running do
+        %{index: nil, code: code} -> code
+        _ -> nil
+      end
+    end
+
+    test "a pure fragment starts running before it is committed; the commit releases it" do
+      {_id, pid} = open()
+      Session.request(pid, {:chunk, "x = IO.write(\"held\")\n"})
+      assert speculating(pid) == "x = IO.write(\"held\")"
+
+      for type <- [:fragment, :output, :result],
+          do: refute_received({:bridge_event, %{type: ^type}})
+
+      Session.request(pid, {:chunk, "y = 2"})
+      events = collect(&(&1.type == :result and &1.index == 1))
+
+      assert [
+               %{type: :fragment, index: 1},
+               %{type: :output, index: 1, text: "held"},
+               %{type: :result, index: 1, value: ":ok"}
+             ] = events
+    end
+
+    test "a continuation kills the speculative run: no trace in output, results or context" do
+      {_id, pid} = open()
+      Session.request(pid, {:chunk, "x = IO.write(\"spec\")\n"})
+      assert speculating(pid) =~ "spec"
+      Session.request(pid, {:chunk, "|> then(fn _ -> IO.write(\"final\"); 2 end)\n"})
+      Session.request(pid, :end)
+      events = collect(&(&1.type == :done))
+      assert Enum.join(for %{type: :output, text: t} <- events, do: t) == "specfinal"
+      assert [%{index: 1, value: "2"}] = results(events)
+      assert value(pid, "x") == "2"
+    end
+
+    test "fragments with effects, or that call function values, are not run early" do
+      {_id, pid} = open()
+      eval(pid, "f = fn -> :called end")
+
+      for code <- ["send(self(), :early)", "f.()", "y = f", "File.cwd()"] do
+        Session.request(pid, {:chunk, code <> "\n"})
+        assert speculating(pid) == nil, code
+        Session.request(pid, :cancel)
+      end
+    end
+
+    test "a speculative run that never ends is dropped, and the fragment runs on commit" do
+      {_id, pid} = open(%{limits: %{timeout_ms: 100}})
+      Session.request(pid, {:chunk, "Stream.cycle([1]) |> Enum.count()\n"})
+      assert speculating(pid) =~ "Stream.cycle"
+      Session.request(pid, :end)
+      events = collect(&(&1.type == :done))
+      assert [%{ok: false, error: %{kind: "timeout"}}] = results(events)
+    end
+  end
 end

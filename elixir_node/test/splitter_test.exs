@@ -112,6 +112,22 @@ defmodule BeamBridge.SplitterTest do
     end
   end
 
+  describe "speculative/1" do
+    test "names the complete expression that waits for the next line" do
+      {[], splitter} = Splitter.feed(Splitter.new(), "\n  x = 1 + 2\n")
+      assert %{code: "x = 1 + 2", line: 2} = Splitter.speculative(splitter)
+      {[], splitter} = Splitter.feed(splitter, "|> Kernel.*(3)\n")
+      assert Splitter.speculative(splitter) == nil
+    end
+
+    test "is nil while the expression is unfinished or after two on one line" do
+      {[], open} = Splitter.feed(Splitter.new(), "if x do\n")
+      assert Splitter.speculative(open) == nil
+      {[], two} = Splitter.feed(Splitter.new(), "a = 1; b = 2\n")
+      assert Splitter.speculative(two) == nil
+    end
+  end
+
   describe "feed/2 timing" do
     test "commits a fragment once the next line's first word shows it begins an expression" do
       splitter = Splitter.new()

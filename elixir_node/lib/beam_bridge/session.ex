@@ -28,7 +28,7 @@ defmodule BeamBridge.Session do
 
   use GenServer, restart: :temporary
 
-  alias BeamBridge.{Config, Evaluator, IOProxy, Splitter}
+  alias BeamBridge.{Config, Evaluator, IOProxy, Speculation, Splitter}
 
   @type request ::
           {:chunk, binary}
@@ -101,7 +101,8 @@ defmodule BeamBridge.Session do
       block: 1,
       block_fragments: 0,
       block_errors: %{},
-      halted: MapSet.new()
+      halted: MapSet.new(),
+      unspeculated: nil
     }
 
     opened =
@@ -136,30 +137,35 @@ defmodule BeamBridge.Session do
 
   @impl true
   def handle_info({:evaluation_output, ref, text}, %{running: %{ref: ref}} = state) do
-    emit(state, :output, %{index: state.running.index, text: text})
-    {:noreply, state}
+    {:noreply, emit_or_hold(state, :output, %{text: text})}
   end
 
   def handle_info({:evaluation_step, ref, line, text}, %{running: %{ref: ref}} = state) do
-    emit(state, :step, %{index: state.running.index, line: line, value: text})
-    {:noreply, state}
+    {:noreply, emit_or_hold(state, :step, %{line: line, value: text})}
+  end
+
+  # A speculative run keeps its outcome until its fragment is committed.
+  def handle_info({:evaluation_result, ref, outcome}, %{running: %{ref: ref, index: nil}} = state) do
+    {:noreply, put_in(state.running.outcome, outcome)}
   end
 
   def handle_info({:evaluation_result, ref, outcome}, %{running: %{ref: ref} = running} = state) do
-    Process.demonitor(running.monitor, [:flush])
-    cancel_timer(running.timer)
+    {:noreply, run_next(take_outcome(state, running, outcome))}
+  end
 
-    state =
-      case outcome do
-        {:ok, result, context} ->
-          finish(%{state | context: context}, running, Map.put(result, :ok, true))
+  # A speculative run that hits a limit is dropped; the fragment runs again,
+  # unspeculated, once it is committed.
+  def handle_info({limit, ref}, %{running: %{ref: ref, index: nil}} = state)
+      when limit in [:evaluation_timeout, :evaluation_output_limit] do
+    {:noreply, drop_speculation(state)}
+  end
 
-        {:error, error} ->
-          {elapsed, error} = Map.pop(error, :elapsed_us)
-          finish(state, running, %{ok: false, error: error, elapsed_us: elapsed})
-      end
-
-    {:noreply, run_next(state)}
+  def handle_info(
+        {:DOWN, monitor, :process, _, reason},
+        %{running: %{monitor: monitor, index: nil}} = state
+      )
+      when reason != :normal do
+    {:noreply, drop_speculation(state)}
   end
 
   def handle_info({:evaluation_timeout, ref}, %{running: %{ref: ref}} = state) do
@@ -200,7 +206,18 @@ defmodule BeamBridge.Session do
 
   defp handle_request({:chunk, text}, state) do
     {fragments, splitter} = Splitter.feed(state.splitter, text)
-    commit(fragments, %{state | splitter: splitter})
+    state = commit(fragments, %{state | splitter: splitter})
+
+    # A continuation arrived: the speculative run was of the wrong code.
+    case state.running do
+      %{index: nil, code: code, line: line} ->
+        if Splitter.speculative(splitter) == %{code: code, line: line},
+          do: state,
+          else: kill_quietly(state)
+
+      _ ->
+        state
+    end
   end
 
   defp handle_request(:end, state) do
@@ -246,21 +263,87 @@ defmodule BeamBridge.Session do
     Enum.reduce(fragments, state, fn fragment, state ->
       index = state.next_index
       emit(state, :fragment, %{index: index, code: fragment.code, line: fragment.line})
-      item = {:fragment, index, state.block, fragment}
+      state = %{state | next_index: index + 1, block_fragments: state.block_fragments + 1}
 
-      %{
-        state
-        | queue: :queue.in(item, state.queue),
-          next_index: index + 1,
-          block_fragments: state.block_fragments + 1
-      }
+      case state.running do
+        %{index: nil, code: code, line: line}
+        when code == fragment.code and line == fragment.line ->
+          adopt(state, index)
+
+        %{index: nil} ->
+          state |> kill_quietly() |> enqueue({:fragment, index, state.block, fragment})
+
+        _ ->
+          enqueue(state, {:fragment, index, state.block, fragment})
+      end
     end)
+  end
+
+  defp enqueue(state, item), do: %{state | queue: :queue.in(item, state.queue)}
+
+  # The speculative run was of exactly the committed fragment: it becomes
+  # the fragment's evaluation, and what it held back goes out now.
+  defp adopt(state, index) do
+    running = %{state.running | index: index, block: state.block}
+    state = %{state | running: running}
+
+    for {type, fields} <- Enum.reverse(running.held) do
+      emit(state, type, Map.put(fields, :index, index))
+    end
+
+    case running.outcome do
+      nil -> state
+      outcome -> take_outcome(state, running, outcome)
+    end
+  end
+
+  defp take_outcome(state, running, outcome) do
+    Process.demonitor(running.monitor, [:flush])
+    cancel_timer(running.timer)
+
+    case outcome do
+      {:ok, result, context} ->
+        finish(%{state | context: context}, running, Map.put(result, :ok, true))
+
+      {:error, error} ->
+        {elapsed, error} = Map.pop(error, :elapsed_us)
+        finish(state, running, %{ok: false, error: error, elapsed_us: elapsed})
+    end
+  end
+
+  # Runs the complete expression waiting in the splitter before it is
+  # committed, when the session is idle and the run cannot be observed
+  # (`BeamBridge.Speculation`). Its events are held until the commit.
+  defp speculate(state) do
+    with %{code: code, line: line} <- Splitter.speculative(state.splitter),
+         false <- code == state.unspeculated,
+         false <- MapSet.member?(state.halted, state.block),
+         {binding, _env} = state.context,
+         true <- Speculation.pure?(code, binding) do
+      running = start_evaluation(state, code, line)
+      %{state | running: Map.merge(running, %{index: nil, block: nil, code: code, line: line})}
+    else
+      _ -> state
+    end
+  end
+
+  defp drop_speculation(state) do
+    %{kill_quietly(state) | unspeculated: state.running.code}
+  end
+
+  defp emit_or_hold(%{running: %{index: nil} = running} = state, type, fields) do
+    %{state | running: %{running | held: [{type, fields} | running.held]}}
+  end
+
+  defp emit_or_hold(state, type, fields) do
+    emit(state, type, Map.put(fields, :index, state.running.index))
+    state
   end
 
   defp run_next(%{running: nil} = state) do
     case :queue.out(state.queue) do
       {:empty, _} ->
-        state
+        speculate(state)
 
       {{:value, item}, queue} ->
         run_next(begin_item(item, %{state | queue: queue}))
@@ -295,16 +378,20 @@ defmodule BeamBridge.Session do
 
       record(state, index, block, %{ok: false, elapsed_us: 0, error: error})
     else
-      opts = Map.put(state.limits, :trace, state.options.trace)
-      running = Evaluator.start(fragment.code, fragment.line, state.context, opts)
-
-      timer =
-        Process.send_after(self(), {:evaluation_timeout, running.ref}, state.limits.timeout_ms)
-
-      started = System.monotonic_time(:microsecond)
-      running = Map.merge(running, %{index: index, block: block, timer: timer, started: started})
-      %{state | running: running}
+      running = start_evaluation(state, fragment.code, fragment.line)
+      %{state | running: Map.merge(running, %{index: index, block: block})}
     end
+  end
+
+  defp start_evaluation(state, code, line) do
+    opts = Map.put(state.limits, :trace, state.options.trace)
+    running = Evaluator.start(code, line, state.context, opts)
+
+    timer =
+      Process.send_after(self(), {:evaluation_timeout, running.ref}, state.limits.timeout_ms)
+
+    started = System.monotonic_time(:microsecond)
+    Map.merge(running, %{timer: timer, started: started, held: [], outcome: nil})
   end
 
   defp finish(state, running, result) do
@@ -366,9 +453,11 @@ defmodule BeamBridge.Session do
   # the pending buffer is dropped. Block ends already queued still report.
   defp cancel(state) do
     state =
-      if state.running,
-        do: kill_running(state, "cancelled", "cancelled by the client"),
-        else: state
+      case state.running do
+        nil -> state
+        %{index: nil} -> kill_quietly(state)
+        _ -> kill_running(state, "cancelled", "cancelled by the client")
+      end
 
     {items, state} = {:queue.to_list(state.queue), %{state | queue: :queue.new()}}
 
@@ -388,6 +477,8 @@ defmodule BeamBridge.Session do
   defp kill_quietly(%{running: nil} = state), do: state
 
   defp kill_quietly(%{running: running} = state) do
+    Process.demonitor(running.monitor, [:flush])
+    cancel_timer(running.timer)
     Evaluator.kill(running)
     Process.exit(running.proxy, :kill)
     %{state | running: nil}

@@ -170,6 +170,22 @@ defmodule BeamBridge.Splitter do
     {last ++ flush(splitter), new()}
   end
 
+  @doc """
+  The expression that is complete but not committed yet, because the next
+  line may still continue it; `nil` when there is none. A session may run
+  it speculatively: it is committed with exactly this code and line unless
+  a continuation arrives.
+  """
+  @spec speculative(t) :: %{code: binary, line: pos_integer} | nil
+  def speculative(%__MODULE__{status: {:complete, size, [_one]}} = splitter) do
+    splitter.pending
+    |> binary_part(0, size)
+    |> fragment(splitter.pending_line)
+    |> Map.delete(:error)
+  end
+
+  def speculative(%__MODULE__{}), do: nil
+
   @doc "Returns the text received in this block and not committed yet."
   @spec pending(t) :: binary
   def pending(%__MODULE__{pending: pending, partial: partial}), do: pending <> partial

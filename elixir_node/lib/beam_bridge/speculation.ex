@@ -1,0 +1,121 @@
+defmodule BeamBridge.Speculation do
+  @moduledoc """
+  Decides which fragments may run before they are committed.
+
+  A complete expression waits in the splitter until the next line shows
+  whether it goes on (`|>` …) or not. Running it during that wait hides the
+  wait from the result's latency, but only if a run that turns out to be
+  wrong cannot be observed: it is killed and forgotten, its output never
+  sent. So only fragments whose sole effect is output qualify: a small
+  allowlist of pure modules and Kernel functions, literals, variables,
+  pattern matches, anonymous functions and comprehensions. Calling a
+  function value could do anything, so a fragment that calls one, or that
+  names a binding holding a function, does not qualify.
+
+  The check is syntactic and conservative: anything it does not know makes
+  the fragment wait for its commit as usual.
+  """
+
+  @pure_modules [
+    Enum,
+    List,
+    Map,
+    MapSet,
+    Keyword,
+    Tuple,
+    String,
+    Integer,
+    Float,
+    Range,
+    Stream,
+    Bitwise,
+    Access
+  ]
+  # Pure modules' functions that make atoms, which are never collected.
+  @atom_makers [:to_atom, :to_existing_atom]
+  # How much of a binding is searched for functions before giving up.
+  @search_budget 10_000
+  @pure_erlang [:math, :lists, :maps]
+  @output_calls [puts: 1, puts: 2, inspect: 1, inspect: 2, write: 1, write: 2]
+
+  # Kernel functions and special forms with no effect beyond their value.
+  @pure_local ~w(+ - * / == != === !== < > <= >= and or not && || ! <> ++ -- .. ..// in
+                 = |> -> <- {} %{} % __block__ <<>> :: ^ __aliases__ . & fn if unless case cond
+                 with for when div rem abs max min length hd tl elem put_elem map_size
+                 tuple_size byte_size bit_size round trunc ceil floor to_string to_charlist
+                 inspect is_atom is_binary is_boolean is_float is_function is_integer
+                 is_list is_map is_nil is_number is_tuple is_struct match? then tap
+                 sigil_w sigil_s sigil_S sigil_c sigil_r sigil_D sigil_T)a
+
+  @doc """
+  Whether `code` (a complete expression) may run before it is committed,
+  in a context with `binding`. Parsing here creates no atoms: a name the VM
+  does not know yet disqualifies the fragment.
+  """
+  @spec pure?(binary, Code.binding()) :: boolean
+  def pure?(code, binding) do
+    case Code.string_to_quoted(code, static_atoms_encoder: &existing_atom/2, emit_warnings: false) do
+      {:ok, quoted} ->
+        {_, pure} = Macro.prewalk(quoted, true, &{&1, &2 and node_pure?(&1, binding)})
+        pure
+
+      {:error, _} ->
+        false
+    end
+  end
+
+  defp existing_atom(name, _meta) do
+    {:ok, :erlang.binary_to_existing_atom(name, :utf8)}
+  catch
+    :error, :badarg -> {:ok, {:unknown_name, name}}
+  end
+
+  # Remote calls: `Mod.fun(...)` with a literal alias or Erlang module.
+  defp node_pure?({{:., _, [{:__aliases__, _, parts}, fun]}, _, _args}, _binding) do
+    module = if Enum.all?(parts, &is_atom/1), do: Module.concat(parts)
+    remote_pure?(module, fun)
+  end
+
+  defp node_pure?({{:., _, [module, fun]}, _, _args}, _binding) when is_atom(module),
+    do: module in @pure_erlang and is_atom(fun)
+
+  # `f.(x)`: a call of a function value.
+  defp node_pure?({{:., _, [_fun]}, _, _args}, _binding), do: false
+  defp node_pure?({:., _, _}, _binding), do: true
+  defp node_pure?({:__aliases__, _, parts}, _binding), do: Enum.all?(parts, &is_atom/1)
+
+  # A variable: pure unless it holds a function, which the fragment could call.
+  defp node_pure?({name, _, context}, binding) when is_atom(name) and is_atom(context) do
+    search_functions(Keyword.get(binding, name), @search_budget) > 0
+  end
+
+  defp node_pure?({name, _, args}, _binding) when is_atom(name) and is_list(args),
+    do: name in @pure_local
+
+  defp node_pure?({_, _, _}, _binding), do: false
+  defp node_pure?({:unknown_name, _}, _binding), do: false
+  defp node_pure?(_literal_or_list, _binding), do: true
+
+  defp remote_pure?(IO, fun), do: Keyword.has_key?(@output_calls, fun)
+
+  defp remote_pure?(module, fun) when is_atom(fun),
+    do: module in @pure_modules and fun not in @atom_makers
+
+  defp remote_pure?(_module, _fun), do: false
+
+  # Searches `value` for functions; returns the budget left, or 0 when it
+  # found one or ran out (both mean "may hold a function").
+  defp search_functions(_value, budget) when budget <= 0, do: 0
+  defp search_functions(value, _budget) when is_function(value), do: 0
+
+  defp search_functions([head | tail], budget),
+    do: search_functions(tail, search_functions(head, budget - 1))
+
+  defp search_functions(value, budget) when is_tuple(value),
+    do: search_functions(Tuple.to_list(value), budget - 1)
+
+  defp search_functions(value, budget) when is_map(value),
+    do: value |> Map.to_list() |> search_functions(budget - 1)
+
+  defp search_functions(_value, budget), do: budget - 1
+end
