@@ -247,7 +247,7 @@ defmodule BeamBridge.ChangeOfMindTest do
     end
 
     test "a speculative run that never ends is dropped, and the fragment runs on commit" do
-      {_id, pid} = open(%{limits: %{timeout_ms: 100}})
+      {_id, pid} = open(%{limits: %{timeout_ms: 500}})
       Session.request(pid, {:chunk, "Stream.cycle([1]) |> Enum.count()\n"})
       assert speculating(pid) =~ "Stream.cycle"
       Session.request(pid, :end)
