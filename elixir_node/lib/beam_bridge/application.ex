@@ -8,6 +8,11 @@ defmodule BeamBridge.Application do
 
   @impl true
   def start(_type, _args) do
+    # Code is parsed without creating atoms, so a call is only recognised
+    # when its function name already exists: loading the standard modules
+    # user code may call creates those names once, up front.
+    Enum.each(BeamBridge.Speculation.modules(), &Code.ensure_loaded/1)
+
     children =
       [
         {Registry, keys: :unique, name: BeamBridge.SessionRegistry},

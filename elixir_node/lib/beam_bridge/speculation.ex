@@ -47,6 +47,10 @@ defmodule BeamBridge.Speculation do
                  is_list is_map is_nil is_number is_tuple is_struct match? then tap
                  sigil_w sigil_s sigil_S sigil_c sigil_r sigil_D sigil_T)a
 
+  @doc "The modules whose functions count as pure."
+  @spec modules() :: [module]
+  def modules, do: [IO | @pure_modules] ++ @pure_erlang
+
   @doc """
   Whether `code` (a complete expression) may run before it is committed,
   in a context with `binding`. Parsing here creates no atoms: a name the VM
