@@ -9,9 +9,13 @@ defmodule BeamBridge.Application do
   @impl true
   def start(_type, _args) do
     # Code is parsed without creating atoms, so a call is only recognised
-    # when its function name already exists: loading the standard modules
-    # user code may call creates those names once, up front.
-    Enum.each(BeamBridge.Speculation.modules(), &Code.ensure_loaded/1)
+    # when its names already exist: loading the standard modules user code
+    # may call, and naming their alias segments (`:Stream` in `Stream.map`),
+    # creates that fixed set of atoms once, up front.
+    for module <- BeamBridge.Speculation.modules() do
+      Code.ensure_loaded(module)
+      if elixir_module?(module), do: Enum.each(Module.split(module), &String.to_atom/1)
+    end
 
     children =
       [
@@ -41,6 +45,8 @@ defmodule BeamBridge.Application do
       _line -> watch_stdin()
     end
   end
+
+  defp elixir_module?(module), do: String.starts_with?(Atom.to_string(module), "Elixir.")
 
   defp listener_children do
     if Application.get_env(:beam_bridge, :listen, false) do
