@@ -67,8 +67,10 @@ defmodule BeamBridge.Connection do
 
   def handle_info({:tcp_closed, _socket}, state), do: {:stop, :normal, state}
 
+  # Events waiting in the mailbox leave in the same write: a fragment's
+  # result and its block's `done` usually arrive together.
   def handle_info({:bridge_event, event}, state) do
-    send_frame(state, event)
+    :gen_tcp.send(state.socket, [frame(event) | more_frames(64)])
     {:noreply, state}
   end
 
@@ -265,8 +267,20 @@ defmodule BeamBridge.Connection do
     send_frame(state, if(session, do: Map.put(error, :session, session), else: error))
   end
 
-  defp send_frame(state, message) do
+  defp send_frame(state, message), do: :gen_tcp.send(state.socket, frame(message))
+
+  defp frame(message) do
     payload = :erlang.term_to_binary(message)
-    :gen_tcp.send(state.socket, [<<byte_size(payload)::32>>, payload])
+    [<<byte_size(payload)::32>>, payload]
+  end
+
+  defp more_frames(0), do: []
+
+  defp more_frames(budget) do
+    receive do
+      {:bridge_event, event} -> [frame(event) | more_frames(budget - 1)]
+    after
+      0 -> []
+    end
   end
 end
