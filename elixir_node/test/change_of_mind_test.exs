@@ -246,6 +246,12 @@ defmodule BeamBridge.ChangeOfMindTest do
       end
     end
 
+    test "is off with speculate: false" do
+      {_id, pid} = open(%{speculate: false})
+      Session.request(pid, {:chunk, "x = 1 + 1\n"})
+      assert speculating(pid) == nil
+    end
+
     test "a speculative run that never ends is dropped, and the fragment runs on commit" do
       {_id, pid} = open(%{limits: %{timeout_ms: 500}})
       Session.request(pid, {:chunk, "Stream.cycle([1]) |> Enum.count()\n"})

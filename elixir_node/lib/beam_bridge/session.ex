@@ -24,6 +24,9 @@ defmodule BeamBridge.Session do
     * `:on_error` - `:continue` (default) or `:halt`: after a failure,
       the rest of the block is skipped
     * `:limits` - lowers the server's limits, see `BeamBridge.Config`
+    * `:trace` - send step events (default `false`), see `BeamBridge.Trace`
+    * `:speculate` - run a complete fragment before its commit when that
+      cannot be observed (default `true`), see `BeamBridge.Speculation`
   """
 
   use GenServer, restart: :temporary
@@ -315,7 +318,8 @@ defmodule BeamBridge.Session do
   # committed, when the session is idle and the run cannot be observed
   # (`BeamBridge.Speculation`). Its events are held until the commit.
   defp speculate(state) do
-    with %{code: code, line: line} <- Splitter.speculative(state.splitter),
+    with true <- state.options.speculate,
+         %{code: code, line: line} <- Splitter.speculative(state.splitter),
          false <- code == state.unspeculated,
          false <- MapSet.member?(state.halted, state.block),
          {binding, _env} = state.context,
@@ -490,6 +494,7 @@ defmodule BeamBridge.Session do
     %{
       on_error: if(Map.get(options, :on_error) in [:halt, "halt"], do: :halt, else: :continue),
       trace: Map.get(options, :trace) == true,
+      speculate: Map.get(options, :speculate) != false,
       limits: if(is_map(options[:limits]), do: options.limits, else: %{})
     }
   end
