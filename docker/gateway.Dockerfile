@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+#
+# The gateway as a service: the beambridge package with the CPU build of
+# torch in a virtualenv, run on slim Python as an unprivileged user. The
+# entrypoint, docker/gateway.sh, runs `beambridge serve` against the nodes
+# given as `--node HOST:PORT` arguments; `gateway.sh health` asks /healthz.
+#
+# Build from the repository root: docker build -f docker/gateway.Dockerfile .
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# erlpack ships no wheels, so it is compiled here, away from the final image.
+FROM ${PYTHON_IMAGE} AS build
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential \
+ && rm -rf /var/lib/apt/lists/*
+
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+
+# torch first, from the CPU index, so the package's `torch==2.13.0` is
+# already met and pip never fetches the CUDA build.
+RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY python python
+COPY compiled_model compiled_model
+RUN pip install .
+
+FROM ${PYTHON_IMAGE}
+
+RUN useradd --system --uid 10001 --user-group --home-dir /app \
+      --shell /usr/sbin/nologin beambridge
+
+COPY --from=build /opt/venv /opt/venv
+COPY docker/gateway.sh /app/docker/gateway.sh
+
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    BEAMBRIDGE_HOST=0.0.0.0 BEAMBRIDGE_PORT=8765 \
+    BEAM_BRIDGE_SECRET_FILE=/run/secrets/node_secret \
+    BEAMBRIDGE_TOKEN_FILE=/run/secrets/gateway_token
+
+RUN beambridge --help >/dev/null
+
+USER beambridge
+WORKDIR /app
+EXPOSE 8765
+
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["/app/docker/gateway.sh", "health"]
+
+ENTRYPOINT ["/app/docker/gateway.sh"]
