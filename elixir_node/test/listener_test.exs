@@ -63,7 +63,9 @@ defmodule BeamBridge.ListenerTest do
     test "a hello with the right secret is welcomed", %{port: port} do
       socket = handshake(port)
       send_term(socket, %{type: :ping, ref: 1})
-      assert %{type: :pong, ref: 1} = receive_term(socket)
+      assert %{type: :pong, ref: 1, stats: stats} = receive_term(socket)
+      assert stats.atoms > 0 and stats.atoms < stats.atom_limit
+      assert stats.processes > 0 and stats.memory_bytes > 0 and stats.sessions >= 0
     end
 
     test "a wrong secret is refused and the connection closed", %{port: port} do

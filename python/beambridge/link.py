@@ -28,6 +28,11 @@ BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
 # Above this many bytes waiting in the socket's buffer, senders wait.
 WRITE_HIGH_WATER = 4 * 1024 * 1024
+# Seconds. A node that keeps its socket open but stops answering (a hung VM,
+# a frozen host) is only noticed by silence: the link pings it and drops the
+# bridge when nothing at all has arrived for HEARTBEAT_TIMEOUT.
+HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_TIMEOUT = 15.0
 
 logger = logging.getLogger("beambridge.link")
 
@@ -61,12 +66,14 @@ class _BridgeProtocol(asyncio.Protocol):
             asyncio.get_running_loop().create_future()
         )
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.last_heard = asyncio.get_running_loop().time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses.
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self.last_heard = asyncio.get_running_loop().time()
         try:
             for payload in self.reader.feed(data):
                 self._frame(etf.decode(payload))
@@ -95,6 +102,8 @@ class BeamLink:
 
     ``resolve`` is awaited before each connection attempt and returns the
     node's address; an embedded node uses it to hand out its current port.
+    ``heartbeat`` is ``(interval, timeout)`` in seconds: how often the node
+    is pinged, and how long it may stay silent before the bridge is dropped.
     :meth:`send` and :meth:`dispatch` never await, so frames leave and events
     arrive in order; they must be called from the loop's thread.
     """
@@ -107,16 +116,20 @@ class BeamLink:
         name: str = "node",
         debug_frames: bool = False,
         on_state: Callable[[], None] | None = None,
+        heartbeat: tuple[float, float] = (HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT),
     ) -> None:
         self._resolve = resolve
         self._secret = secret
         self.name = name
         self.debug_frames = debug_frames
         self._on_state = on_state
+        self._heartbeat_interval, self._heartbeat_timeout = heartbeat
         self.log = logging.LoggerAdapter(logger, {"link": name})
         self.node: str | None = None
         self.address: Address | None = None
         self.sessions: dict[str, SessionSink] = {}
+        # The node's own numbers from its last pong (atoms, processes, …).
+        self.stats: dict[str, int] = {}
         self._protocol: _BridgeProtocol | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -171,9 +184,13 @@ class BeamLink:
             sink.deliver(msg)
             if msg.get("type") == "closed":
                 self.sessions.pop(session, None)
+        elif msg.get("type") == "pong":
+            stats = msg.get("stats")
+            if isinstance(stats, dict):
+                self.stats = {str(k): v for k, v in stats.items() if isinstance(v, int)}
         elif msg.get("type") == "error":
             self.log.warning("node error %s: %s", msg.get("code"), msg.get("message"))
-        elif msg.get("type") != "pong":
+        else:
             self.log.debug("event for no session: %r", msg)
 
     async def _run(self) -> None:
@@ -189,8 +206,28 @@ class BeamLink:
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             delay = BACKOFF_FIRST
-            await protocol.lost
+            heartbeat = asyncio.create_task(self._heartbeat(protocol))
+            try:
+                await protocol.lost
+            finally:
+                heartbeat.cancel()
             self._down()
+
+    async def _heartbeat(self, protocol: _BridgeProtocol) -> None:
+        """Ping the node; abort the bridge once it has been silent too long."""
+        loop = asyncio.get_running_loop()
+        ref = 0
+        while protocol.transport is not None and not protocol.lost.done():
+            silent = loop.time() - protocol.last_heard
+            if silent > self._heartbeat_timeout:
+                self.log.warning(
+                    "%s silent for %.1fs; dropping the bridge", self.name, silent
+                )
+                protocol.transport.abort()
+                return
+            ref += 1
+            protocol.transport.write(etf.frame(etf.message("ping", ref=ref)))
+            await asyncio.sleep(self._heartbeat_interval)
 
     async def _connect(self) -> _BridgeProtocol:
         self.address = await self._resolve()
@@ -281,6 +318,14 @@ class NodePool:
         if not live:
             raise NodeUnavailable("no BEAM node is connected")
         return min(live, key=lambda link: len(link.sessions))
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Each connected node's statistics from its last pong."""
+        return {
+            str(link.node): link.stats
+            for link in self.links
+            if link.connected and link.stats
+        }
 
     def describe(self) -> list[dict[str, Any]]:
         """The connected nodes, for ``/healthz``."""

@@ -19,6 +19,15 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+NODE_GAUGES = (
+    ("atoms", "Atoms in the node's atom table (never collected)."),
+    ("atom_limit", "Size of the node's atom table; the VM stops at it."),
+    ("processes", "Processes on the node."),
+    ("memory_bytes", "Memory the node's VM has allocated."),
+    ("sessions", "Sessions open on the node."),
+)
+
+
 class Metrics:
     """The gateway's metrics; every method is cheap enough for the hot path."""
 
@@ -42,8 +51,13 @@ class Metrics:
         self._latency_sum += seconds
         self._latency_count += 1
 
-    def render(self) -> str:
-        """The Prometheus text format of every metric."""
+    def render(self, nodes: dict[str, dict[str, int]] | None = None) -> str:
+        """The Prometheus text format of every metric.
+
+        ``nodes`` maps each connected node's name to the statistics of its
+        last pong (``atoms``, ``atom_limit``, ``processes``, ``memory_bytes``,
+        ``sessions``), shown as gauges labelled with the node.
+        """
         lines = []
         gauges = (
             ("connections", "Open websocket connections.", self.connections),
@@ -66,6 +80,15 @@ class Metrics:
             lines.append(
                 f'beambridge_protocol_errors_total{{code="{_escape(code)}"}} {count}'
             )
+
+        for stat, help_ in NODE_GAUGES:
+            lines += _header(f"node_{stat}", help_, "gauge")
+            for node, stats in sorted((nodes or {}).items()):
+                if stat in stats:
+                    label = _escape(node)
+                    lines.append(
+                        f'beambridge_node_{stat}{{node="{label}"}} {stats[stat]}'
+                    )
 
         name = "beambridge_fragment_latency_seconds"
         lines += _header(

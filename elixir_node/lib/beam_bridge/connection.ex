@@ -149,7 +149,7 @@ defmodule BeamBridge.Connection do
   end
 
   defp handle_message(%{type: :ping} = ping, state) do
-    send_frame(state, %{type: :pong, ref: Map.get(ping, :ref)})
+    send_frame(state, %{type: :pong, ref: Map.get(ping, :ref), stats: stats()})
     state
   end
 
@@ -247,6 +247,18 @@ defmodule BeamBridge.Connection do
   end
 
   # -- helpers
+
+  # What a gateway reports about the node on its /metrics: the atom table
+  # above all, since atoms are never collected and the VM dies at the limit.
+  defp stats do
+    %{
+      atoms: :erlang.system_info(:atom_count),
+      atom_limit: :erlang.system_info(:atom_limit),
+      processes: :erlang.system_info(:process_count),
+      memory_bytes: :erlang.memory(:total),
+      sessions: DynamicSupervisor.count_children(BeamBridge.SessionSupervisor).active
+    }
+  end
 
   defp secret_matches?(given, expected) do
     byte_size(given) == byte_size(expected) and :crypto.hash_equals(given, expected)
