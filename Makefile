@@ -7,11 +7,11 @@ PIP       := $(VENV)/bin/pip
 STAMP     := $(VENV)/.installed
 NODE_DIR  := elixir_node
 
-.PHONY: test test-elixir test-python run deps elixir venv bench clean
+.PHONY: test test-elixir test-python run deps elixir venv compose secrets bench clean
 
 test: deps test-elixir test-python
 
-deps: elixir venv
+deps: elixir venv compose
 
 # Debian's packages: elixir pulls in OTP; erlang-dev brings the headers
 # that some OTP tooling expects. docker-compose only validates the stack file.
@@ -19,6 +19,16 @@ elixir:
 	@command -v elixir >/dev/null 2>&1 || { \
 	  apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq elixir erlang-dev >/dev/null; }
+
+# Debian's docker-compose validates the stack file without a Docker engine.
+compose:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+
+# Random secrets for `docker compose up` (see docs/docker.md).
+secrets:
+	docker/make-secrets.sh
 
 venv: $(STAMP)
 
