@@ -199,7 +199,7 @@ class Gateway:
         if url.path == "/metrics":
             return _response(
                 HTTPStatus.OK,
-                self.metrics.render(),
+                self.metrics.render(self.pool.stats()),
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         if url.path != STREAM_PATH:

@@ -195,9 +195,19 @@ class BeamLink:
 
     async def _run(self) -> None:
         delay = BACKOFF_FIRST
+        refused: str | None = None
         while not self._closing:
             try:
                 protocol = await self._connect()
+            except HandshakeError as exc:
+                # A refusal (a wrong secret, say) will not mend itself: say it
+                # loudly once, then quietly on every retry.
+                if str(exc) != refused:
+                    refused = str(exc)
+                    self.log.error("%s refused the bridge: %s", self.name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
             except (OSError, BridgeError, TimeoutError) as exc:
                 self.log.info(
                     "cannot reach %s: %s; retry in %.2fs", self.name, exc, delay
@@ -205,7 +215,7 @@ class BeamLink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
-            delay = BACKOFF_FIRST
+            delay, refused = BACKOFF_FIRST, None
             heartbeat = asyncio.create_task(self._heartbeat(protocol))
             try:
                 await protocol.lost
