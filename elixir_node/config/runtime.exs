@@ -24,6 +24,16 @@ settings =
     max_frame_bytes: env_int.("BEAM_BRIDGE_MAX_FRAME_BYTES"),
     announce: System.get_env("BEAM_BRIDGE_ANNOUNCE") not in [nil, "", "0"],
     stdin_link: System.get_env("BEAM_BRIDGE_STDIN_LINK") not in [nil, "", "0"],
+    caps:
+      Enum.reject(
+        [
+          max_pending_bytes: env_int.("BEAM_BRIDGE_MAX_PENDING_BYTES"),
+          max_queued_fragments: env_int.("BEAM_BRIDGE_MAX_QUEUED_FRAGMENTS"),
+          max_history: env_int.("BEAM_BRIDGE_MAX_HISTORY"),
+          max_sessions: env_int.("BEAM_BRIDGE_MAX_SESSIONS")
+        ],
+        fn {_, v} -> is_nil(v) end
+      ),
     limits:
       Enum.reject(
         [

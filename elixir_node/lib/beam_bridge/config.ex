@@ -10,6 +10,14 @@ defmodule BeamBridge.Config do
     * `:secret` - the shared secret gateways must present (required to listen)
     * `:max_frame_bytes` - largest accepted bridge frame (default 8 MiB)
 
+  Session and node caps (`:caps`), server settings only:
+
+    * `:max_pending_bytes` - uncommitted text per session (default 1 MiB)
+    * `:max_queued_fragments` - committed fragments waiting to run (default 1000)
+    * `:max_history` - contexts kept for rewind and fork (default 10,000;
+      the fresh context, fragment 0, is always kept)
+    * `:max_sessions` - sessions on the node (default 10,000)
+
   Evaluation limits (`:limits`), each a server default that a session may
   lower but never raise:
 
@@ -35,6 +43,17 @@ defmodule BeamBridge.Config do
       announce: get(:announce, false)
     ]
   end
+
+  @default_caps %{
+    max_pending_bytes: 1024 * 1024,
+    max_queued_fragments: 1_000,
+    max_history: 10_000,
+    max_sessions: 10_000
+  }
+
+  @doc "The session and node caps."
+  @spec caps() :: %{atom => pos_integer}
+  def caps, do: Map.merge(@default_caps, Map.new(get(:caps, [])))
 
   @doc "The largest bridge frame the node accepts, in bytes."
   @spec max_frame_bytes() :: pos_integer

@@ -15,7 +15,7 @@ defmodule BeamBridge.Connection do
   use GenServer, restart: :temporary
   require Logger
 
-  alias BeamBridge.Session
+  alias BeamBridge.{Config, Session}
 
   @version 1
   @max_session_id_bytes 128
@@ -220,6 +220,23 @@ defmodule BeamBridge.Connection do
   # -- sessions
 
   defp start_session(id, opts, state) do
+    if session_count() >= Config.caps().max_sessions do
+      reply_error(
+        state,
+        :limit,
+        "the node holds its most sessions (#{Config.caps().max_sessions})",
+        id
+      )
+
+      state
+    else
+      open_session(id, opts, state)
+    end
+  end
+
+  defp session_count, do: DynamicSupervisor.count_children(BeamBridge.SessionSupervisor).active
+
+  defp open_session(id, opts, state) do
     case Session.start(id, opts) do
       {:ok, pid} ->
         Process.monitor(pid)
@@ -256,7 +273,7 @@ defmodule BeamBridge.Connection do
       atom_limit: :erlang.system_info(:atom_limit),
       processes: :erlang.system_info(:process_count),
       memory_bytes: :erlang.memory(:total),
-      sessions: DynamicSupervisor.count_children(BeamBridge.SessionSupervisor).active
+      sessions: session_count()
     }
   end
 

@@ -47,7 +47,8 @@ defmodule BeamBridge.Session do
   Starts the session `id` under the session supervisor.
 
   Options: `:owner` (required, receives the events), `:options` (the client's
-  session options), `:context` and `:forked_from` (`{id, at}`) for a fork.
+  session options), `:context` and `:forked_from` (`{id, at}`) for a fork,
+  `:caps` (overrides of `BeamBridge.Config.caps/0`, for tests).
   """
   @spec start(binary, keyword) :: DynamicSupervisor.on_start_child()
   def start(id, opts) do
@@ -105,7 +106,9 @@ defmodule BeamBridge.Session do
       block_fragments: 0,
       block_errors: %{},
       halted: MapSet.new(),
-      unspeculated: nil
+      unspeculated: nil,
+      caps: Map.merge(Config.caps(), Keyword.get(opts, :caps, %{})),
+      history_floor: 1
     }
 
     opened =
@@ -128,13 +131,9 @@ defmodule BeamBridge.Session do
 
   @impl true
   def handle_call({:context_at, at}, _from, state) do
-    case Map.fetch(state.history, at) do
-      {:ok, context} ->
-        {:reply, {:ok, context, state.options}, state}
-
-      :error ->
-        {:reply, {:error, "fragment #{at} has not finished in session #{inspect(state.id)}"},
-         state}
+    case unknown_context(state, at) do
+      nil -> {:reply, {:ok, Map.fetch!(state.history, at), state.options}, state}
+      message -> {:reply, {:error, "cannot fork: " <> message}, state}
     end
   end
 
@@ -208,6 +207,91 @@ defmodule BeamBridge.Session do
   # -- requests
 
   defp handle_request({:chunk, text}, state) do
+    case over_cap(state, text) do
+      nil -> take_chunk(state, text)
+      message -> refuse(state, message)
+    end
+  end
+
+  defp handle_request(:end, state) do
+    {fragments, splitter} = Splitter.finish(state.splitter)
+    state = commit(fragments, %{state | splitter: splitter})
+    done = {:done, state.block, state.block_fragments}
+    %{state | queue: :queue.in(done, state.queue), block: state.block + 1, block_fragments: 0}
+  end
+
+  defp handle_request({:eval, code}, state) do
+    case over_cap(state, code) do
+      nil -> handle_request(:end, take_chunk(state, code))
+      message -> refuse(state, message)
+    end
+  end
+
+  defp handle_request(:cancel, state), do: cancel(state)
+
+  defp handle_request({:rewind, to}, state) do
+    case unknown_context(state, to) do
+      nil ->
+        state = cancel(state)
+        history = Map.reject(state.history, fn {index, _} -> index > to end)
+        emit(state, :rewound, %{to: to})
+        %{state | context: Map.fetch!(history, to), history: history, next_index: to + 1}
+
+      message ->
+        emit(state, :error, %{code: :bad_request, message: "cannot rewind: " <> message})
+        state
+    end
+  end
+
+  defp handle_request(:close, state) do
+    state = kill_quietly(state)
+    emit(state, :closed, %{})
+    {:stop, state}
+  end
+
+  # A chunk that would pass a cap is refused whole, with an error event; the
+  # text accepted before it stays as it was.
+  defp over_cap(state, text) do
+    pending = byte_size(Splitter.pending(state.splitter)) + byte_size(text)
+    queued = :queue.len(state.queue)
+
+    cond do
+      pending > state.caps.max_pending_bytes ->
+        "the pending buffer would hold #{pending} bytes, over #{state.caps.max_pending_bytes}; chunk refused"
+
+      queued >= state.caps.max_queued_fragments ->
+        "#{queued} fragments are waiting to run, the most a session may queue; chunk refused"
+
+      true ->
+        nil
+    end
+  end
+
+  defp refuse(state, message) do
+    emit(state, :error, %{code: :limit, message: message})
+    state
+  end
+
+  # Why the context after fragment `at` cannot be had, or nil when it can.
+  defp unknown_context(state, at) do
+    last = state.next_index - 1
+
+    cond do
+      at > last ->
+        "the session has #{last} fragments, not #{at}"
+
+      Map.has_key?(state.history, at) ->
+        nil
+
+      at < state.history_floor ->
+        "fragment #{at} is older than the #{state.caps.max_history} the history keeps"
+
+      true ->
+        "fragment #{at} has not finished"
+    end
+  end
+
+  defp take_chunk(state, text) do
     {fragments, splitter} = Splitter.feed(state.splitter, text)
     state = commit(fragments, %{state | splitter: splitter})
 
@@ -221,43 +305,6 @@ defmodule BeamBridge.Session do
       _ ->
         state
     end
-  end
-
-  defp handle_request(:end, state) do
-    {fragments, splitter} = Splitter.finish(state.splitter)
-    state = commit(fragments, %{state | splitter: splitter})
-    done = {:done, state.block, state.block_fragments}
-    %{state | queue: :queue.in(done, state.queue), block: state.block + 1, block_fragments: 0}
-  end
-
-  defp handle_request({:eval, code}, state) do
-    handle_request(:end, handle_request({:chunk, code}, state))
-  end
-
-  defp handle_request(:cancel, state), do: cancel(state)
-
-  defp handle_request({:rewind, to}, state) do
-    last = state.next_index - 1
-
-    if to > last do
-      emit(state, :error, %{
-        code: :bad_request,
-        message: "cannot rewind to fragment #{to}: the session has #{last}"
-      })
-
-      state
-    else
-      state = cancel(state)
-      history = Map.reject(state.history, fn {index, _} -> index > to end)
-      emit(state, :rewound, %{to: to})
-      %{state | context: Map.fetch!(history, to), history: history, next_index: to + 1}
-    end
-  end
-
-  defp handle_request(:close, state) do
-    state = kill_quietly(state)
-    emit(state, :closed, %{})
-    {:stop, state}
   end
 
   # -- committing and running
@@ -406,7 +453,7 @@ defmodule BeamBridge.Session do
   # a history entry holding the context after it.
   defp record(state, index, block, result) do
     emit(state, :result, Map.put(result, :index, index))
-    state = %{state | history: Map.put(state.history, index, state.context)}
+    state = state |> remember(index) |> forget_oldest()
 
     if result.ok do
       state
@@ -416,6 +463,18 @@ defmodule BeamBridge.Session do
       if state.options.on_error == :halt,
         do: %{state | halted: MapSet.put(state.halted, block)},
         else: state
+    end
+  end
+
+  defp remember(state, index),
+    do: %{state | history: Map.put(state.history, index, state.context)}
+
+  # The history keeps the fresh context and the last `max_history` ones.
+  defp forget_oldest(%{history: history, history_floor: floor} = state) do
+    if map_size(history) > state.caps.max_history + 1 do
+      %{state | history: Map.delete(history, floor), history_floor: floor + 1}
+    else
+      state
     end
   end
 
