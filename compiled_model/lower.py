@@ -241,13 +241,24 @@ class _Lowerer:
         if name == "div":
             self.emit("DIV", right)
             return "int"
-        # rem(a, b) = a - b * div(a, b): the sign follows the dividend.
+        # rem(a, b) = a - b * div(a, b): the sign follows the dividend. For
+        # b == -1 the quotient may not fit in 32 bits, but rem is 0.
         left = self.code[-1].arg
+        self.emit("CONST", -1)
+        minus_one = self.spill()
+        self.emit("LOAD", right)
+        self.emit("EQ", minus_one)
+        to_divide = self.emit("JZ")
+        self.emit("CONST", 0)
+        done = self.emit("JMP")
+        self.patch(to_divide, len(self.code))
+        self.emit("LOAD", left)
         self.emit("DIV", right)
         self.emit("MUL", right)
         product = self.spill()
         self.emit("LOAD", left)
         self.emit("SUB", product)
+        self.patch(done, len(self.code))
         return "int"
 
     def compare(self, op: str, args: list[Any], scope: _Scope, node: Call) -> str:
