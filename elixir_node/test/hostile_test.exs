@@ -1,0 +1,231 @@
+defmodule BeamBridge.HostileTest do
+  @moduledoc """
+  Hostile programs, one test each. Every program runs through the policy
+  (parse, check, guarded evaluation) in its own process with a heap limit
+  and a deadline, as an evaluation does; each test then checks the kind of
+  the outcome and that the node's processes and a bystander session still
+  work.
+  """
+
+  use ExUnit.Case, async: true
+
+  alias BeamBridge.{Policy, Session}
+  alias BeamBridge.Policy.Scope
+
+  @heap_bytes 64 * 1024 * 1024
+  @deadline_ms 1_500
+
+  # {name, code, expected kind}
+  @programs [
+    # file system
+    {"reads a file", ~S'File.read!("/etc/passwd")', "denied"},
+    {"writes a file", ~S'File.write!("/tmp/bb_owned", "x")', "denied"},
+    {"lists a directory", ~S'File.ls!("/")', "denied"},
+    {"reads through :file", ~S{:file.read_file('/etc/passwd')}, "denied"},
+    {"writes through a File.Stream struct",
+     ~S'Enum.into(["x"], %File.Stream{path: "/tmp/bb_owned", modes: [:write], line_or_bytes: :line, raw: true})',
+     "denied"},
+    {"globs the file system", ~S'Path.wildcard("/etc/*")', "denied"},
+    # network
+    {"opens a TCP connection", ~S{:gen_tcp.connect('example.com', 80, [])}, "denied"},
+    {"resolves a host name", ~S{:inet.gethostbyname('example.com')}, "denied"},
+    {"opens a socket", ~S'(:socket.open(:inet, :stream, :tcp))', "denied"},
+    {"makes an HTTP request", ~S{:httpc.request('http://example.com')}, "denied"},
+    # OS and ports
+    {"runs a shell command", ~S'System.cmd("id", [])', "denied"},
+    {"runs :os.cmd", ~S{:os.cmd('id')}, "denied"},
+    {"opens a port", ~S'Port.open({:spawn, "sh"}, [:binary])', "denied"},
+    {"reads the environment", ~S'System.get_env("HOME")', "denied"},
+    # atoms
+    {"String.to_atom", ~S'String.to_atom("bb_hostile")', "denied"},
+    {"List.to_atom", ~S{List.to_atom('bb_hostile')}, "denied"},
+    {":erlang.binary_to_atom", ~S':erlang.binary_to_atom("bb_hostile", :utf8)', "denied"},
+    {"an interpolated atom", ~S'n = 1; :"bb_hostile_#{n}"', "denied"},
+    {"Module.concat with a dynamic part", ~S'n = "X"; Module.concat(Enum, n)', "denied"},
+    {"binary_to_term", ~S':erlang.binary_to_term(:erlang.term_to_binary(1))', "denied"},
+    {"String.to_existing_atom as a module finder", ~S'String.to_existing_atom("Elixir.File")',
+     "denied"},
+    {"a word list of atoms", "~w(bb_h1 bb_h2)a", "denied"},
+    {"hundreds of new atom literals",
+     "[" <> Enum.map_join(1..400, ", ", &":bb_hostile_literal_#{&1}") <> "]", "denied"},
+    # memory
+    {"String.duplicate a gigabyte", ~S'String.duplicate("x", 1_000_000_000)', "memory"},
+    {":binary.copy a gigabyte", ~S':binary.copy("x", 1_000_000_000)', "memory"},
+    {"List.duplicate a billion", "List.duplicate(0, 1_000_000_000)", "memory"},
+    {"Tuple.duplicate a billion", "Tuple.duplicate(0, 1_000_000_000)", "memory"},
+    {"a bitstring with a dynamic size", "n = 8_000_000_000; <<0::size(n)>>", "memory"},
+    {"binary doubling", ~S'Enum.reduce(1..40, "x", fn _, a -> a <> a end)', "memory"},
+    {"a huge power", "7 ** 30_000_000", "memory"},
+    {"Integer.pow", "Integer.pow(7, 3_000_000)", "memory"},
+    {"a huge shift", "import Bitwise; 1 <<< 4_000_000_000", "memory"},
+    {"padding a gigabyte", ~S'String.pad_leading("", 1_000_000_000)', "memory"},
+    {"a list bomb", "Enum.to_list(1..100_000_000)", "memory"},
+    {"an endless stream into a list", "Stream.cycle([1]) |> Enum.to_list()", "memory"},
+    {"structural sharing printed as chardata",
+     ~S'x = Enum.reduce(1..40, ["x"], fn _, a -> [a, a] end); IO.puts(x)', "memory"},
+    {"structural sharing sent to itself",
+     "x = Enum.reduce(1..40, 1, fn _, a -> {a, a} end); send(self(), x)", "memory"},
+    # loops and recursion
+    {"an infinite loop", ["defmodule Spin do\n def f(n), do: f(n + 1)\nend", "Spin.f(0)"],
+     "timeout"},
+    {"waiting forever", "receive do\n :never -> :ok\nend", "timeout"},
+    {"deep recursion", ["defmodule Deep do\n def f(n), do: 1 + f(n + 1)\nend", "Deep.f(0)"],
+     ["memory", "timeout"]},
+    # processes
+    {"spawn", "spawn(fn -> :ok end)", "denied"},
+    {"spawn_link in a loop", "for _ <- 1..1_000_000, do: spawn_link(fn -> :ok end)", "denied"},
+    {"Task.async", "Task.async(fn -> 1 end)", "denied"},
+    {"Agent.start", "Agent.start(fn -> 1 end)", "denied"},
+    {"spawn_opt through :erlang", ":erlang.spawn_opt(fn -> 1 end, [])", "denied"},
+    {"trapping exits", "Process.flag(:trap_exit, true)", "denied"},
+    # apply, captures, Function, dynamic modules
+    {"apply on File", ~S'apply(File, :read!, ["/etc/passwd"])', "denied"},
+    {"apply with a module in a variable", ~S'm = :os; apply(m, :cmd, [~c"id"])', "denied"},
+    {":erlang.apply", ~S':erlang.apply(:os, :cmd, [~c"id"])', "denied"},
+    {"Function.capture", "Function.capture(:os, :cmd, 1)", "denied"},
+    {":erlang.make_fun", ":erlang.make_fun(:os, :cmd, 1)", "denied"},
+    {"a capture on a variable module", "m = :os; &m.cmd/1", "denied"},
+    {"a dynamic call through a map", ~S'%{m: System}.m.halt()', "denied"},
+    {"a dynamic call on a module in a variable", ~S'm = :erlang; m.halt()', "denied"},
+    {"a user macro that generates a denied call",
+     [
+       "defmodule Sneak do\n defmacro go, do: quote(do: System.halt())\nend",
+       "require Sneak",
+       "Sneak.go()"
+     ], "denied"},
+    # code and module evaluation
+    {"Code.eval_string", ~S'Code.eval_string("System.halt()")', "denied"},
+    {"Code.compile_string", ~S'Code.compile_string("defmodule X do end")', "denied"},
+    {"Module.create", ~S'Module.create(X, quote(do: nil), __ENV__)', "denied"},
+    {":erl_eval", ~S':erl_eval.exprs([], [])', "denied"},
+    {"a module attribute that runs code", "defmodule A1 do\n @x File.read!(\"/etc/passwd\")\nend",
+     "denied"},
+    {"an @on_load hook", "defmodule A2 do\n @on_load :go\n def go, do: :ok\nend", "denied"},
+    {"defmodule inside a function", "f = fn -> defmodule A3 do end end", "denied"},
+    {"a protocol implementation",
+     "defimpl String.Chars, for: Tuple do\n def to_string(_), do: \"\"\nend", "denied"},
+    # messages and other processes
+    {"send to a registered name", "send(BeamBridge.SessionSupervisor, :boom)", "denied"},
+    {"GenServer.call to the supervisor", "GenServer.call(BeamBridge.SessionSupervisor, :x)",
+     "denied"},
+    {"Process.whereis", "Process.whereis(BeamBridge.SessionRegistry)", "denied"},
+    {":sys.get_state", ":sys.get_state(BeamBridge.SessionRegistry)", "denied"},
+    {"listing processes", "Process.list()", "denied"},
+    {"reading another process's info", ":erlang.processes() |> hd() |> Process.info()", "denied"},
+    {"writing to another IO device", ~S'IO.puts(:stderr, "x")', "denied"},
+    # killing processes
+    {"Process.exit with :kill", "Process.exit(self(), :kill)", "denied"},
+    {":erlang.exit/2", ":erlang.exit(self(), :kill)", "denied"},
+    {"changing the group leader", "Process.group_leader()", "denied"},
+    # shared state
+    {":ets.new", ":ets.new(:bb_t, [:public])", "denied"},
+    {":persistent_term.put", ":persistent_term.put(:bb, 1)", "denied"},
+    {":counters.new", ":counters.new(100_000_000, [])", "denied"},
+    {":atomics.new", ":atomics.new(100_000_000, [])", "denied"},
+    {"Application.put_env", "Application.put_env(:beam_bridge, :secret, \"x\")", "denied"},
+    # the VM
+    {":erlang.halt", ":erlang.halt()", "denied"},
+    {"System.halt", "System.halt(1)", "denied"},
+    {":init.stop", ":init.stop()", "denied"},
+    {"System.stop", "System.stop()", "denied"},
+    {"__ENV__", "__ENV__.file", "denied"},
+    {"tracing", ":erlang.trace(:all, true, [:call])", "denied"},
+    {"purging code", ":code.purge(BeamBridge.Session)", "denied"},
+    {"loading a binary module", ":code.load_binary(:x, 'x', <<>>)", "denied"}
+  ]
+
+  setup do
+    {:ok, bystander} =
+      Session.start("bystander-#{System.unique_integer([:positive])}", owner: self())
+
+    assert_receive {:bridge_event, %{type: :opened}}
+    on_exit(fn -> Process.exit(bystander, :kill) end)
+    %{bystander: bystander}
+  end
+
+  for {name, code, kind} <- @programs do
+    @code code
+    @kind kind
+    test "#{name} ends as #{Enum.join(List.wrap(kind), " or ")}", %{bystander: bystander} do
+      Session.request(bystander, {:eval, "x = 20 + 1"})
+      assert {kind, message} = run(@code)
+      assert kind in List.wrap(@kind), "expected #{inspect(@kind)}, got #{kind}: #{message}"
+      assert message != ""
+      assert_node_fine(bystander)
+    end
+  end
+
+  test "printing a structurally shared term is bounded", %{bystander: bystander} do
+    Session.request(bystander, {:eval, "x = 20 + 1"})
+    code = ~S'x = Enum.reduce(1..40, "x", fn _, a -> {a, a} end); inspect(x) |> byte_size()'
+    assert {"ok", size} = run(code)
+    assert size < 1_000_000
+    assert_node_fine(bystander)
+  end
+
+  # -- helpers
+
+  defp run(code) do
+    test = self()
+    ref = make_ref()
+    env = Code.env_for_eval(file: "fragment")
+    scope = Scope.new("hostile")
+    heap_words = div(@heap_bytes, :erlang.system_info(:wordsize))
+
+    {pid, monitor} =
+      :erlang.spawn_opt(
+        fn ->
+          outcome = run_fragments(List.wrap(code), [], env, scope)
+          Policy.purge(Policy.loaded_modules(scope))
+          send(test, {ref, outcome})
+        end,
+        [:monitor, max_heap_size: %{size: heap_words, kill: true, error_logger: false}]
+      )
+
+    receive do
+      {^ref, outcome} ->
+        Process.demonitor(monitor, [:flush])
+        outcome
+
+      {:DOWN, ^monitor, :process, ^pid, :killed} ->
+        {"memory", "killed at the heap limit"}
+
+      {:DOWN, ^monitor, :process, ^pid, reason} ->
+        {"exit", inspect(reason)}
+    after
+      @deadline_ms ->
+        Process.demonitor(monitor, [:flush])
+        Process.exit(pid, :kill)
+        {"timeout", "over #{@deadline_ms} ms"}
+    end
+  end
+
+  # Runs fragments in order, carrying the context; the first failure or
+  # the last value is the outcome.
+  defp run_fragments([code | rest], binding, env, scope) do
+    case Policy.prepare(code, 1, env, scope) do
+      {:ok, quoted, scope, _effects} ->
+        try do
+          Code.eval_quoted_with_env(quoted, binding, env)
+        rescue
+          e -> {Policy.error_kind(e) || inspect(e.__struct__), Exception.message(e)}
+        else
+          {value, _binding, _env} when rest == [] -> {"ok", value}
+          {_value, binding, env} -> run_fragments(rest, binding, env, scope)
+        end
+
+      {:error, error, _scope} ->
+        {error.kind, error.message}
+    end
+  end
+
+  defp assert_node_fine(bystander) do
+    for name <- [BeamBridge.SessionSupervisor, BeamBridge.SessionRegistry, BeamBridge.Supervisor] do
+      assert is_pid(Process.whereis(name)), "#{inspect(name)} is gone"
+    end
+
+    assert_receive {:bridge_event, %{type: :result, ok: true, value: "21"}}, 15_000
+    Session.request(bystander, {:eval, "x * 2"})
+    assert_receive {:bridge_event, %{type: :result, ok: true, value: "42"}}, 15_000
+  end
+end
