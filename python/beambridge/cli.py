@@ -2,9 +2,12 @@
 
 ``serve`` runs a gateway until SIGINT/SIGTERM. ``run`` streams a file the way
 a model writes (token-sized chunks at a steady rate) and prints events as they
-come; without ``--url`` it starts its own embedded stack. ``demo`` streams
-``examples/demo.exs`` through an embedded stack, printing each code line as
-it is sent and each result as it arrives, then a latency summary.
+come (``--trace``: step events too); without ``--url`` it starts its own
+embedded stack. ``demo`` streams ``examples/demo.exs`` through an embedded
+stack, printing each code line as it is sent and each result as it arrives,
+then ``examples/change_of_mind.exs`` in the same session, whose ``#!`` cue
+lines make the demo cancel a fragment that never ends and rewind past a bad
+binding; then a latency summary.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .client import connect
+from .client import Session, connect
 from .errors import BeambridgeError
 from .gateway import Gateway, GatewayConfig
 from .link import parse_address
@@ -113,13 +116,26 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--rate", type=float, default=DEFAULT_RATE, help="tokens per second"
     )
+    run.add_argument(
+        "--trace", action="store_true", help="show a step event for each value"
+    )
+    run.add_argument(
+        "--no-speculate",
+        action="store_true",
+        help="run no fragment before its commit",
+    )
     run.set_defaults(func=_run)
 
     demo = sub.add_parser("demo", help="stream examples/demo.exs on an embedded stack")
     demo.add_argument(
         "--rate", type=float, default=DEFAULT_RATE, help="tokens per second"
     )
-    demo.add_argument("--file", type=Path, help="default: examples/demo.exs")
+    demo.add_argument(
+        "--file",
+        type=Path,
+        help="stream only this file (default: examples/demo.exs, then"
+        " examples/change_of_mind.exs with its cancel and rewind)",
+    )
     demo.set_defaults(func=_demo)
     return parser
 
@@ -188,14 +204,19 @@ def _node_secret() -> str:
 
 async def _run(args: argparse.Namespace) -> int:
     text = args.file.read_text()
+    console = Console(highlight=False)
+    options = {"trace": args.trace, "speculate": not args.no_speculate}
     async with AsyncExitStack() as stack:
         url, token = await _target(stack, args.url, args.token)
-        report = await _stream(url, token, text, args.rate, Console(highlight=False))
+        async with await connect(url, token=token) as client:
+            session = await client.open(**options)
+            report = await _stream(session, text, args.rate, console)
+            await session.close()
     return 0 if report.done is not None else 1
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    path = args.file or _find_demo()
+    path = args.file or _find_example("demo.exs")
     console = Console(highlight=False)
     console.print(
         f"[bold]beambridge demo[/]: streaming {path.name} at {args.rate:g} tokens/s"
@@ -206,11 +227,20 @@ async def _demo(args: argparse.Namespace) -> int:
         console.print(
             f"[dim]embedded BEAM node and gateway up in {time.perf_counter() - started:.2f}s[/]\n"
         )
-        report = await _stream(
-            url, token, path.read_text(), args.rate, console, echo=True
-        )
-    _summary(console, report)
-    return 0 if report.done is not None else 1
+        async with await connect(url, token=token) as client:
+            session = await client.open()
+            reports = [
+                await _stream(session, path.read_text(), args.rate, console, echo=True)
+            ]
+            if args.file is None:
+                second = _find_example("change_of_mind.exs")
+                console.print(f"\n[bold]changing course[/]: streaming {second.name}")
+                reports += await _change_of_mind(
+                    session, second.read_text(), args.rate, console
+                )
+            await session.close()
+    _summary(console, reports)
+    return 0 if all(r.done is not None for r in reports) else 1
 
 
 async def _target(
@@ -227,13 +257,13 @@ async def _target(
     return gateway.url, token
 
 
-def _find_demo() -> Path:
+def _find_example(name: str) -> Path:
     here = Path(__file__).resolve()
     for folder in [Path.cwd(), *here.parents]:
-        candidate = folder / "examples" / "demo.exs"
+        candidate = folder / "examples" / name
         if candidate.is_file():
             return candidate
-    raise BeambridgeError("cannot find examples/demo.exs")
+    raise BeambridgeError(f"cannot find examples/{name}")
 
 
 @dataclass
@@ -259,14 +289,15 @@ class _Report:
 
 
 async def _stream(
-    url: str,
-    token: str | None,
+    session: Session,
     text: str,
     rate: float,
     console: Console,
     *,
     echo: bool = False,
+    on_event: Callable[[Event], Awaitable[None]] | None = None,
 ) -> _Report:
+    """Stream ``text`` as one block at ``rate`` tokens/s, showing its events."""
     report = _Report(text)
     interval = 1.0 / rate if rate > 0 else 0.0
 
@@ -289,12 +320,66 @@ async def _stream(
                     )
                     line_start = nl + 1
 
-    async with await connect(url, token=token) as client:
-        session = await client.open()
-        async for event in session.stream(chunks()):
-            _show(console, report, event, echo)
-        await session.close()
+    async for event in session.stream(chunks()):
+        _show(console, report, event, echo)
+        if on_event is not None:
+            await on_event(event)
     return report
+
+
+# The cues of examples/change_of_mind.exs: a line starting with "#!" begins a
+# new block and says what the demo does with it (to Elixir it is a comment).
+_CUE = re.compile(r"^#!(.*)$", re.MULTILINE)
+CANCEL_CUE = "cancel once it prints"
+REWIND_CUE = "rewind if it fails"
+
+
+def cued_blocks(text: str) -> list[tuple[str, str]]:
+    """Split a cued example into ``(cue, block text)`` pairs, in order."""
+    cuts = list(_CUE.finditer(text))
+    return [
+        (cut.group(1).strip(), text[cut.end() + 1 : nxt.start() if nxt else None])
+        for cut, nxt in zip(cuts, [*cuts[1:], None])
+    ]
+
+
+async def _change_of_mind(
+    session: Session, text: str, rate: float, console: Console
+) -> list[_Report]:
+    """Stream each cued block, cancelling or rewinding as its cue says."""
+    reports = []
+    for cue, block in cued_blocks(text):
+        console.print(f"\n[bold magenta]▶ {escape(cue)}[/]")
+        on_event = None
+        if cue == CANCEL_CUE:
+            on_event = _cancel_on_output(session, console)
+        report = await _stream(
+            session, block, rate, console, echo=True, on_event=on_event
+        )
+        reports.append(report)
+        failed = [r for r, _ in report.results.values() if not r.ok]
+        if cue == REWIND_CUE and failed and report.fragments:
+            to = min(report.fragments) - 1
+            console.print(
+                f"[magenta]⟲ rewind to fragment {to}: forget what this block bound[/]"
+            )
+            await session.rewind(to)
+    return reports
+
+
+def _cancel_on_output(
+    session: Session, console: Console
+) -> Callable[[Event], Awaitable[None]]:
+    sent = False
+
+    async def on_event(event: Event) -> None:
+        nonlocal sent
+        if isinstance(event, Output) and not sent:
+            sent = True
+            console.print(f"[magenta]✋ cancel fragment #{event.index}[/]")
+            await session.cancel()
+
+    return on_event
 
 
 def _show(console: Console, report: _Report, event: Event, echo: bool) -> None:
@@ -310,20 +395,28 @@ def _show(console: Console, report: _Report, event: Event, echo: bool) -> None:
         for line in event.text.rstrip("\n").splitlines():
             console.print(f"{pad}[cyan]#{event.index} │ {escape(line)}[/]")
     elif isinstance(event, Step):
-        console.print(f"{pad}[dim]#{event.index} step {escape(event.value)}[/]")
+        line = f"L{event.line}" if event.line is not None else "L?"
+        console.print(
+            f"{pad}[yellow]#{event.index} · {line:>4}[/] [dim]→[/] {escape(event.value)}"
+        )
     elif isinstance(event, Result):
         report.results[event.index] = (event, now)
+        dropped = (
+            f" [yellow]({event.steps_dropped} more steps not shown)[/]"
+            if event.steps_dropped
+            else ""
+        )
         if event.ok:
             value = escape(event.value or "")
             console.print(
-                f"{pad}[green]#{event.index} ✓ {value}[/] [dim]({event.elapsed_us} µs)[/]"
+                f"{pad}[green]#{event.index} ✓ {value}[/] [dim]({event.elapsed_us} µs)[/]{dropped}"
             )
         else:
             assert event.error is not None
             line = f" (line {event.error.line})" if event.error.line else ""
             console.print(
                 f"{pad}[red]#{event.index} ✗ {escape(event.error.kind)}: "
-                f"{escape(event.error.message)}{line}[/]"
+                f"{escape(event.error.message)}{line}[/]{dropped}"
             )
     elif isinstance(event, Done):
         report.done = event
@@ -332,19 +425,25 @@ def _show(console: Console, report: _Report, event: Event, echo: bool) -> None:
         )
 
 
-def _summary(console: Console, report: _Report) -> None:
-    """Latency per fragment: evaluation, commit → result, last char → result."""
+def _summary(console: Console, reports: list[_Report]) -> None:
+    """Latency per fragment: evaluation, commit → result, last char → result.
+
+    Cancelled fragments are left out: their time is the demo's patience.
+    """
     evals, commits, lags = [], [], []
-    offset = 0
-    for index in sorted(report.results):
-        result, got = report.results[index]
-        fragment, committed = report.fragments[index]
-        evals.append(result.elapsed_us / 1000)
-        commits.append((got - committed) * 1000)
-        found = report.text.find(fragment.code, offset)
-        if found >= 0:
-            offset = found + len(fragment.code)
-            sent = report.sent_time(offset - 1)
+    for report in reports:
+        offset = 0
+        for index in sorted(report.results):
+            result, got = report.results[index]
+            fragment, committed = report.fragments[index]
+            found = report.text.find(fragment.code, offset)
+            if found >= 0:
+                offset = found + len(fragment.code)
+            if result.error is not None and result.error.kind == "cancelled":
+                continue
+            evals.append(result.elapsed_us / 1000)
+            commits.append((got - committed) * 1000)
+            sent = report.sent_time(offset - 1) if found >= 0 else None
             if sent is not None:
                 lags.append((got - sent) * 1000)
     table = Table(title="latency (ms)", title_justify="left")

@@ -562,6 +562,11 @@ def _node_options(options: dict[str, Any], *, ref: str) -> dict[Atom, Any]:
         out[Atom("on_error")] = Atom(options["on_error"])
     if "trace" in options:
         out[Atom("trace")] = bool(options["trace"])
+    # Only `false` is sent: it is the one value that differs from the node's
+    # default, and a node that has not yet loaded its session code does not
+    # know the atom, so the key alone would make the open frame unreadable.
+    if options.get("speculate") is False:
+        out[Atom("speculate")] = False
     if options.get("limits"):
         out[Atom("limits")] = {Atom(k): v for k, v in options["limits"].items()}
     return out

@@ -130,7 +130,8 @@ def parse_client_message(raw: str | bytes) -> ClientMessage:
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", "a message must be a JSON object")
 
-    ref = obj.get("ref") if isinstance(obj.get("ref"), str) else None
+    # An empty ref is not echoed: the event schema's refs are non-empty.
+    ref = obj.get("ref") if isinstance(obj.get("ref"), str) and obj["ref"] else None
     session = obj.get("session") if isinstance(obj.get("session"), str) else None
     type_ = obj.get("type")
     if not isinstance(type_, str):
@@ -199,8 +200,9 @@ def _check_options(value: Any, bad: Any) -> dict[str, Any]:
         raise bad("an object")
     if value.get("on_error", "continue") not in ON_ERROR:
         raise bad("an object whose 'on_error' is 'continue' or 'halt'")
-    if not isinstance(value.get("trace", False), bool):
-        raise bad("an object whose 'trace' is a boolean")
+    for flag in ("trace", "speculate"):
+        if not isinstance(value.get(flag, False), bool):
+            raise bad(f"an object whose {flag!r} is a boolean")
     executors = value.get("executors", ["beam"])
     if (
         not isinstance(executors, list)
@@ -286,6 +288,8 @@ class Result:
     data: Any = None
     error: ErrorInfo | None = None
     agrees: bool | None = None
+    # Under trace: step events beyond the node's cap, counted but not sent.
+    steps_dropped: int | None = None
     type: str = "result"
 
 
@@ -365,7 +369,7 @@ def event_dict(event: Event) -> dict[str, Any]:
     """The JSON object of an event the gateway makes itself (``None`` fields
     that the contract leaves out are dropped)."""
     obj = asdict(event)
-    for key in ("ref", "session", "forked_from", "at", "agrees"):
+    for key in ("ref", "session", "forked_from", "at", "agrees", "steps_dropped"):
         if obj.get(key, 0) is None:
             del obj[key]
     if isinstance(event, Result):
