@@ -269,12 +269,15 @@ async def test_fork_keeps_the_parents_options(wire: Wire) -> None:
 
 
 async def test_fork_at_an_unfinished_fragment_is_an_error(wire: Wire) -> None:
-    """Forking past the history is a ``bad_request`` naming the parent."""
+    """Forking past the history is a ``bad_request`` answering the fork's
+    ``ref``; the parent goes on."""
     parent = await wire.open()
     await wire.send(type="fork", session=parent, at=5, ref="late")
     error = await wire.recv()
     assert error["type"] == "error" and error["code"] == "bad_request"
-    assert error["session"] == parent and "5" in error["message"]
+    assert error["ref"] == "late" and "5" in error["message"]
+    assert "session" not in error
+    assert (await value_of(wire, parent, "1 + 1"))["value"] == "2"
 
 
 # -- live output ---------------------------------------------------------------

@@ -24,6 +24,7 @@ settings =
     max_frame_bytes: env_int.("BEAM_BRIDGE_MAX_FRAME_BYTES"),
     announce: System.get_env("BEAM_BRIDGE_ANNOUNCE") not in [nil, "", "0"],
     stdin_link: System.get_env("BEAM_BRIDGE_STDIN_LINK") not in [nil, "", "0"],
+    sandbox: System.get_env("BEAM_BRIDGE_SANDBOX") not in ["off", "0", "false"],
     caps:
       Enum.reject(
         [

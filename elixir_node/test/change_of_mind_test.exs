@@ -36,7 +36,9 @@ defmodule BeamBridge.ChangeOfMindTest do
     end
 
     test "kills a loop that traps exits and every process it started" do
-      {_id, pid} = open()
+      # The sandbox denies trapping exits and spawning; a trusted node may
+      # allow both, and cancel must still take everything.
+      {_id, pid} = open(%{}, sandbox: false)
       test = self()
       name = :"com_#{System.unique_integer([:positive])}"
       Process.register(test, name)

@@ -1,16 +1,17 @@
 defmodule BeamBridge.HostileTest do
   @moduledoc """
-  Hostile programs, one test each. Every program runs through the policy
-  (parse, check, guarded evaluation) in its own process with a heap limit
-  and a deadline, as an evaluation does; each test then checks the kind of
-  the outcome and that the node's processes and a bystander session still
-  work.
+  Hostile programs, one test each. Every program runs in a real session
+  of its own (policy, heap limit, deadline); each test then checks the kind
+  of the outcome and that the node's processes and a bystander session,
+  evaluating throughout, still work.
+
+  Not async: the memory and CPU bombs would starve the timing of tests
+  running beside them.
   """
 
-  use ExUnit.Case, async: true
+  use ExUnit.Case, async: false
 
-  alias BeamBridge.{Policy, Session}
-  alias BeamBridge.Policy.Scope
+  alias BeamBridge.Session
 
   @heap_bytes 64 * 1024 * 1024
   @deadline_ms 1_500
@@ -155,67 +156,73 @@ defmodule BeamBridge.HostileTest do
     end
   end
 
+  test "binding a structurally shared term ends as memory, not a node-wide copy",
+       %{bystander: bystander} do
+    Session.request(bystander, {:eval, "x = 20 + 1"})
+    assert {"memory", message} = run(~S'x = Enum.reduce(1..40, 1, fn _, a -> {a, a} end)')
+    assert message =~ "share structure"
+    assert_node_fine(bystander)
+  end
+
   test "printing a structurally shared term is bounded", %{bystander: bystander} do
     Session.request(bystander, {:eval, "x = 20 + 1"})
-    code = ~S'x = Enum.reduce(1..40, "x", fn _, a -> {a, a} end); inspect(x) |> byte_size()'
+    code = ~S'Enum.reduce(1..40, "x", fn _, a -> {a, a} end) |> inspect() |> byte_size()'
     assert {"ok", size} = run(code)
-    assert size < 1_000_000
+    assert String.to_integer(size) < 1_000_000
     assert_node_fine(bystander)
   end
 
   # -- helpers
 
+  # Runs the program's fragments in a real session of its own, with the
+  # limits above; the first failure, or the last value, is the outcome.
   defp run(code) do
-    test = self()
-    ref = make_ref()
-    env = Code.env_for_eval(file: "fragment")
-    scope = Scope.new("hostile")
-    heap_words = div(@heap_bytes, :erlang.system_info(:wordsize))
+    id = "hostile-#{System.unique_integer([:positive])}"
+    limits = %{timeout_ms: @deadline_ms, max_heap_bytes: @heap_bytes}
+    {:ok, pid} = Session.start(id, owner: self(), options: %{limits: limits})
+    assert_receive {:bridge_event, %{type: :opened, session: ^id}}
 
-    {pid, monitor} =
-      :erlang.spawn_opt(
-        fn ->
-          outcome = run_fragments(List.wrap(code), [], env, scope)
-          Policy.purge(Policy.loaded_modules(scope))
-          send(test, {ref, outcome})
-        end,
-        [:monitor, max_heap_size: %{size: heap_words, kill: true, error_logger: false}]
-      )
-
-    receive do
-      {^ref, outcome} ->
-        Process.demonitor(monitor, [:flush])
-        outcome
-
-      {:DOWN, ^monitor, :process, ^pid, :killed} ->
-        {"memory", "killed at the heap limit"}
-
-      {:DOWN, ^monitor, :process, ^pid, reason} ->
-        {"exit", inspect(reason)}
+    try do
+      run_fragments(pid, id, List.wrap(code))
     after
-      @deadline_ms ->
-        Process.demonitor(monitor, [:flush])
-        Process.exit(pid, :kill)
-        {"timeout", "over #{@deadline_ms} ms"}
+      Session.request(pid, :close)
+      assert_receive {:bridge_event, %{type: :closed, session: ^id}}, 15_000
     end
   end
 
-  # Runs fragments in order, carrying the context; the first failure or
-  # the last value is the outcome.
-  defp run_fragments([code | rest], binding, env, scope) do
-    case Policy.prepare(code, 1, env, scope) do
-      {:ok, quoted, scope, _effects} ->
-        try do
-          Code.eval_quoted_with_env(quoted, binding, env)
-        rescue
-          e -> {Policy.error_kind(e) || inspect(e.__struct__), Exception.message(e)}
-        else
-          {value, _binding, _env} when rest == [] -> {"ok", value}
-          {_value, binding, env} -> run_fragments(rest, binding, env, scope)
-        end
+  defp run_fragments(pid, id, [code | rest]) do
+    Session.request(pid, {:eval, code})
 
-      {:error, error, _scope} ->
-        {error.kind, error.message}
+    case result(id) do
+      %{ok: true, value: value} when rest == [] -> {"ok", value}
+      %{ok: true} -> run_fragments(pid, id, rest)
+      %{ok: false, error: error} -> {error.kind, error.message}
+    end
+  end
+
+  # The first result of the block; a program whose code splits into several
+  # fragments is judged by the first that fails, or by its last value.
+  defp result(id, first_failure \\ nil) do
+    receive do
+      {:bridge_event, %{session: ^id, type: :result} = r} ->
+        result(id, first_failure || if(r.ok, do: nil, else: r), r)
+
+      {:bridge_event, %{session: ^id, type: :done}} ->
+        first_failure
+    after
+      15_000 -> flunk("no result from #{id} within 15 s")
+    end
+  end
+
+  defp result(id, failure, last) do
+    receive do
+      {:bridge_event, %{session: ^id, type: :result} = r} ->
+        result(id, failure || if(r.ok, do: nil, else: r), r)
+
+      {:bridge_event, %{session: ^id, type: :done}} ->
+        failure || last
+    after
+      15_000 -> flunk("no done from #{id} within 15 s")
     end
   end
 

@@ -12,6 +12,12 @@ defmodule BeamBridge.Application do
     # when its names already exist: loading the standard modules user code
     # may call, and naming their alias segments (`:Stream` in `Stream.map`),
     # creates that fixed set of atoms once, up front.
+    # The node's own modules name every atom of the bridge protocol: loaded
+    # up front, a request that uses one decodes under `[:safe]` even before
+    # the code that handles it has run once.
+    Enum.each(Application.spec(:beam_bridge, :modules), &Code.ensure_loaded/1)
+    BeamBridge.Policy.Scope.setup()
+
     for module <- BeamBridge.Speculation.modules() do
       Code.ensure_loaded(module)
       if elixir_module?(module), do: Enum.each(Module.split(module), &String.to_atom/1)

@@ -55,6 +55,13 @@ defmodule BeamBridge.Config do
   @spec caps() :: %{atom => pos_integer}
   def caps, do: Map.merge(@default_caps, Map.new(get(:caps, [])))
 
+  @doc """
+  Whether fragments go through the sandbox policy (default `true`; only a
+  node that runs trusted code should turn it off).
+  """
+  @spec sandbox?() :: boolean
+  def sandbox?, do: get(:sandbox, true)
+
   @doc "The largest bridge frame the node accepts, in bytes."
   @spec max_frame_bytes() :: pos_integer
   def max_frame_bytes, do: get(:max_frame_bytes, 8 * 1024 * 1024)

@@ -178,8 +178,10 @@ defmodule BeamBridge.Connection do
           opts = [owner: self(), options: options, context: context, forked_from: {id, at}]
           start_session(new_id, opts, state)
 
+        # The error names the session that was not made, so that the
+        # gateway can answer the fork's request with it.
         {:error, message} ->
-          reply_error(state, :bad_request, message, id)
+          reply_error(state, :bad_request, message, new_id)
           state
       end
     end)

@@ -9,28 +9,48 @@ defmodule BeamBridge.Evaluator do
   `outcome` is
 
       {:ok, %{value: binary, data: term, elapsed_us: integer}, context}
-      {:error, %{kind: binary, message: binary, line: integer | nil, elapsed_us: integer}}
+      {:error, %{kind: binary, message: binary, line: integer | nil, elapsed_us: integer}, scope}
 
   `value` is the bounded `inspect` text and `data` the JSON-shaped copy of
   the value (`nil` when it does not map cleanly). Both are computed inside
   the evaluation, under its limits, since a small term can expand without
   bound when it is printed.
+
+  Before anything runs, the fragment goes through the sandbox policy
+  (`BeamBridge.Policy`): parsed without creating atoms, checked against the
+  allowlist, with run-time guards where a check must wait for values. The
+  policy's scope (variable names, atom budget, the session's modules) is
+  part of the context and comes back even when the fragment fails.
   """
 
-  alias BeamBridge.{IOProxy, Trace}
+  alias BeamBridge.{IOProxy, Policy, Trace}
+  alias BeamBridge.Policy.Scope
 
   @file_name "fragment"
   @max_value_bytes 64 * 1024
   @data_budget 10_000
+  # Terms that share structure are small on a heap and huge once copied to
+  # another process (as a context is): past this many nodes, they are not.
+  @max_context_nodes 1_000_000
+  @shown_nodes 20_000
 
-  @typedoc "Bindings and env: what a session carries from fragment to fragment."
-  @type context :: {Code.binding(), Macro.Env.t()}
+  @typedoc """
+  Bindings, env and the policy's scope (`nil` when the sandbox is off):
+  what a session carries from fragment to fragment.
+  """
+  @type context :: {Code.binding(), Macro.Env.t(), Scope.t() | nil}
 
   @type running :: %{pid: pid, proxy: pid, ref: reference, monitor: reference}
 
-  @doc "The context of a fresh session."
-  @spec new_context() :: context
-  def new_context, do: {[], Code.env_for_eval(file: @file_name)}
+  @doc """
+  The context of a fresh session. Without `sandbox`, fragments run
+  unchecked: only for trusted code (the node's own tests, a node configured
+  with `sandbox: false`).
+  """
+  @spec new_context(binary, boolean) :: context
+  def new_context(session_id, sandbox \\ true) do
+    {[], Code.env_for_eval(file: @file_name), if(sandbox, do: Scope.new(session_id))}
+  end
 
   @doc """
   Starts evaluating `code` (whose first line is `line` within its block) in
@@ -93,39 +113,83 @@ defmodule BeamBridge.Evaluator do
   Evaluates `code` in `context` in the calling process and describes the
   outcome (see the moduledoc). Used by `start/4`, and directly by benchmarks.
   """
-  @spec run(binary, pos_integer, context, keyword) :: {:ok, map, context} | {:error, map}
-  def run(code, line, {binding, env}, opts \\ []) do
+  @spec run(binary, pos_integer, context, keyword) ::
+          {:ok, map, context} | {:error, map, Scope.t() | nil}
+  def run(code, line, {binding, env, scope}, opts \\ []) do
     started = System.monotonic_time(:microsecond)
 
     outcome =
-      try do
-        quoted = Code.string_to_quoted!(code, line: line, file: @file_name)
-        quoted = if opts[:trace], do: Trace.instrument(quoted), else: quoted
-        {value, binding, env} = Code.eval_quoted_with_env(quoted, binding, env)
-        {:ok, value, {binding, prune(env)}}
-      rescue
-        exception ->
-          line = error_line(exception, __STACKTRACE__) || line
-          {:error, exception_kind(exception), message(exception), line}
-      catch
-        :throw, value ->
-          {:error, "throw", "uncaught throw: " <> inspect(value),
-           stack_line(__STACKTRACE__) || line}
+      case prepare(code, line, env, scope, opts[:trace]) do
+        {:ok, quoted, scope} ->
+          evaluate(quoted, line, binding, env, scope)
 
-        :exit, reason ->
-          {:error, "exit", Exception.format_exit(reason), stack_line(__STACKTRACE__) || line}
+        {:error, error, scope} ->
+          {:error, error.kind, error.message, error.line, scope}
       end
 
     elapsed = System.monotonic_time(:microsecond) - started
 
     case outcome do
-      {:ok, value, context} ->
-        result = %{value: value_text(value), data: data(value), elapsed_us: elapsed}
+      {:ok, value, {_, _, scope} = context} ->
+        text = value_text(value)
+        text = if scope, do: Policy.humanize(text, scope), else: text
+        result = %{value: text, data: data(value), elapsed_us: elapsed}
         {:ok, with_dropped_steps(result), context}
 
-      {:error, kind, message, line} ->
-        {:error, %{kind: kind, message: message, line: line, elapsed_us: elapsed}}
+      {:error, kind, message, line, scope} ->
+        message = if scope, do: Policy.humanize(message, scope), else: message
+        {:error, %{kind: kind, message: message, line: line || nil, elapsed_us: elapsed}, scope}
     end
+  end
+
+  # Parse, trace and check. Tracing comes before the check, on the tree as
+  # written (pipelines are still pipelines), and the policy allows the step
+  # calls it adds. The scope after parsing is kept even when the check
+  # fails: it counts the atoms the parse made.
+  defp prepare(code, line, _env, nil, trace) do
+    quoted = Code.string_to_quoted!(code, line: line, file: @file_name)
+    {:ok, if(trace, do: Trace.instrument(quoted), else: quoted), nil}
+  rescue
+    exception ->
+      {:error, %{kind: exception_kind(exception), message: message(exception), line: line}, nil}
+  end
+
+  defp prepare(code, line, env, scope, trace) do
+    case Policy.parse(code, line, scope) do
+      {:ok, quoted, scope} ->
+        quoted = if trace, do: Trace.instrument(quoted), else: quoted
+
+        case Policy.check(quoted, env, scope) do
+          {:ok, quoted, scope, _effects} -> {:ok, quoted, scope}
+          {:error, error} -> {:error, error, scope}
+        end
+
+      {:error, error} ->
+        {:error, error, scope}
+    end
+  end
+
+  defp evaluate(quoted, line, binding, env, scope) do
+    {value, binding, env} = Code.eval_quoted_with_env(quoted, binding, env)
+
+    if Policy.copyable?(binding, @max_context_nodes) do
+      {:ok, value, {binding, prune(env), scope}}
+    else
+      message = "the bindings share structure that copies to over #{@max_context_nodes} terms"
+      {:error, "memory", message, line, scope}
+    end
+  rescue
+    exception ->
+      kind = Policy.error_kind(exception) || exception_kind(exception)
+      {:error, kind, message(exception), error_line(exception, __STACKTRACE__) || line, scope}
+  catch
+    :throw, value ->
+      text = "uncaught throw: " <> inspect(Policy.shown(value, @shown_nodes))
+      {:error, "throw", text, stack_line(__STACKTRACE__) || line, scope}
+
+    :exit, reason ->
+      text = Exception.format_exit(Policy.shown(reason, @shown_nodes))
+      {:error, "exit", text, stack_line(__STACKTRACE__) || line, scope}
   end
 
   defp with_dropped_steps(result) do
@@ -174,7 +238,7 @@ defmodule BeamBridge.Evaluator do
   # -- values
 
   defp value_text(value) do
-    text = inspect(value, limit: 100, printable_limit: 8192)
+    text = inspect(Policy.shown(value, @shown_nodes), limit: 100, printable_limit: 8192)
 
     if byte_size(text) > @max_value_bytes do
       binary_part(text, 0, @max_value_bytes) <> "…"

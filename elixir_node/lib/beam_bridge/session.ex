@@ -31,7 +31,10 @@ defmodule BeamBridge.Session do
 
   use GenServer, restart: :temporary
 
-  alias BeamBridge.{Config, Evaluator, IOProxy, Speculation, Splitter}
+  @watch_ms 20
+
+  alias BeamBridge.{Config, Evaluator, IOProxy, Policy, Speculation, Splitter}
+  alias BeamBridge.Policy.Scope
 
   @type request ::
           {:chunk, binary}
@@ -48,7 +51,8 @@ defmodule BeamBridge.Session do
 
   Options: `:owner` (required, receives the events), `:options` (the client's
   session options), `:context` and `:forked_from` (`{id, at}`) for a fork,
-  `:caps` (overrides of `BeamBridge.Config.caps/0`, for tests).
+  `:caps` (overrides of `BeamBridge.Config.caps/0`, for tests), `:sandbox`
+  (check fragments with `BeamBridge.Policy`; default: the node's setting).
   """
   @spec start(binary, keyword) :: DynamicSupervisor.on_start_child()
   def start(id, opts) do
@@ -89,7 +93,13 @@ defmodule BeamBridge.Session do
     owner = Keyword.fetch!(opts, :owner)
     Process.monitor(owner)
     options = normalize_options(Keyword.get(opts, :options, %{}))
-    context = Keyword.get(opts, :context, Evaluator.new_context())
+    sandbox = Keyword.get(opts, :sandbox, Config.sandbox?())
+
+    context =
+      case Keyword.fetch(opts, :context) do
+        {:ok, {binding, env, scope}} -> {binding, env, scope && Scope.fork(scope, id)}
+        :error -> Evaluator.new_context(id, sandbox)
+      end
 
     state = %{
       id: id,
@@ -170,6 +180,27 @@ defmodule BeamBridge.Session do
     {:noreply, drop_speculation(state)}
   end
 
+  # `max_heap_size` does not count binaries over 64 bytes, which live off
+  # the heap: the session watches them itself, every @watch_ms.
+  def handle_info({:watch_binaries, ref}, %{running: %{ref: ref} = running} = state) do
+    bytes = binary_bytes(running.pid)
+
+    cond do
+      bytes <= state.limits.max_heap_bytes ->
+        Process.send_after(self(), {:watch_binaries, ref}, @watch_ms)
+        {:noreply, state}
+
+      running.index == nil ->
+        {:noreply, drop_speculation(state)}
+
+      true ->
+        message =
+          "evaluation held #{bytes} bytes of binaries, over #{state.limits.max_heap_bytes}"
+
+        {:noreply, run_next(kill_running(state, "memory", message))}
+    end
+  end
+
   def handle_info({:evaluation_timeout, ref}, %{running: %{ref: ref}} = state) do
     message = "evaluation exceeded #{state.limits.timeout_ms} ms"
     {:noreply, run_next(kill_running(state, "timeout", message))}
@@ -198,7 +229,9 @@ defmodule BeamBridge.Session do
   end
 
   def handle_info({:DOWN, _, :process, owner, _}, %{owner: owner} = state) do
-    {:stop, :normal, kill_quietly(state)}
+    state = kill_quietly(state)
+    purge_modules(state.context, nil)
+    {:stop, :normal, state}
   end
 
   # Messages of evaluations that were already killed.
@@ -234,8 +267,10 @@ defmodule BeamBridge.Session do
       nil ->
         state = cancel(state)
         history = Map.reject(state.history, fn {index, _} -> index > to end)
+        context = Map.fetch!(history, to)
+        purge_modules(state.context, context)
         emit(state, :rewound, %{to: to})
-        %{state | context: Map.fetch!(history, to), history: history, next_index: to + 1}
+        %{state | context: context, history: history, next_index: to + 1}
 
       message ->
         emit(state, :error, %{code: :bad_request, message: "cannot rewind: " <> message})
@@ -245,6 +280,7 @@ defmodule BeamBridge.Session do
 
   defp handle_request(:close, state) do
     state = kill_quietly(state)
+    purge_modules(state.context, nil)
     emit(state, :closed, %{})
     {:stop, state}
   end
@@ -355,8 +391,11 @@ defmodule BeamBridge.Session do
       {:ok, result, context} ->
         finish(%{state | context: context}, running, Map.put(result, :ok, true))
 
-      {:error, error} ->
+      # A failed fragment leaves bindings and env as they were, but its scope
+      # counts the atoms it made and the modules it may have defined.
+      {:error, error, scope} ->
         {elapsed, error} = Map.pop(error, :elapsed_us)
+        state = %{state | context: put_elem(state.context, 2, scope)}
         finish(state, running, %{ok: false, error: error, elapsed_us: elapsed})
     end
   end
@@ -369,7 +408,7 @@ defmodule BeamBridge.Session do
          %{code: code, line: line} <- Splitter.speculative(state.splitter),
          false <- code == state.unspeculated,
          false <- MapSet.member?(state.halted, state.block),
-         {binding, _env} = state.context,
+         {binding, _env, _scope} = state.context,
          true <- Speculation.pure?(code, binding) do
       running = start_evaluation(state, code, line)
       %{state | running: Map.merge(running, %{index: nil, block: nil, code: code, line: line})}
@@ -440,6 +479,8 @@ defmodule BeamBridge.Session do
 
     timer =
       Process.send_after(self(), {:evaluation_timeout, running.ref}, state.limits.timeout_ms)
+
+    Process.send_after(self(), {:watch_binaries, running.ref}, @watch_ms)
 
     started = System.monotonic_time(:microsecond)
     Map.merge(running, %{timer: timer, started: started, held: [], outcome: nil})
@@ -556,6 +597,23 @@ defmodule BeamBridge.Session do
       speculate: Map.get(options, :speculate) != false,
       limits: if(is_map(options[:limits]), do: options.limits, else: %{})
     }
+  end
+
+  # Modules the session defined after `kept` (all of them when `kept` is
+  # nil: the session ends) are purged; modules of a killed fragment are
+  # found by the session's namespace.
+  defp purge_modules({_, _, nil}, _kept), do: :ok
+
+  defp purge_modules({_, _, scope}, nil), do: Policy.purge(Policy.loaded_modules(scope))
+
+  defp purge_modules({_, _, scope}, {_, _, kept}),
+    do: Policy.purge(Policy.modules(scope) -- Policy.modules(kept))
+
+  defp binary_bytes(pid) do
+    case Process.info(pid, :binary) do
+      {:binary, binaries} -> Enum.reduce(binaries, 0, fn {_, size, _}, sum -> sum + size end)
+      nil -> 0
+    end
   end
 
   defp cancel_timer(nil), do: :ok

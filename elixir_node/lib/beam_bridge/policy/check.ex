@@ -809,7 +809,8 @@ defmodule BeamBridge.Policy.Check do
       deny!("#{directive} #{inspect(module)}: #{inspect(module)} #{Rules.reason(module)}", meta)
     end
 
-    {_opts, st} = walk_list(opts, st)
+    # `as:` names the alias being made, not a module to reach.
+    {_opts, st} = walk_list(Enum.map(opts, &without_as/1), st)
     env = st.env
 
     env =
@@ -830,6 +831,9 @@ defmodule BeamBridge.Policy.Check do
     imports = if directive == :import, do: [module | st.imports], else: st.imports
     {node, %{st | env: env, imports: imports}}
   end
+
+  defp without_as(opts) when is_list(opts), do: Enum.reject(opts, &match?({:as, _}, &1))
+  defp without_as(other), do: other
 
   defp alias_name(module, opts, env) do
     case Keyword.get(opts, :as) do

@@ -109,7 +109,11 @@ defmodule BeamBridge.Policy.Rules do
     IO => ~w(puts write inspect iodata_to_binary chardata_to_string iodata_length)a,
     Process => [:sleep],
     System => ~w(monotonic_time system_time os_time unique_integer convert_time_unit)a,
-    Function => [:identity]
+    Function => [:identity],
+    # Step events: `BeamBridge.Trace.instrument/1` wraps traced expressions
+    # in this call before the check; it only reports the value to the
+    # evaluation's own IO proxy.
+    BeamBridge.Trace => [:step]
   }
 
   # Calls rewritten into a guard: `{:replace, fun}` calls `Guard.fun` with the
