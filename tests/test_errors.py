@@ -74,9 +74,9 @@ async def test_message_over_the_size_limit_gets_a_limit_error(
     await still_alive(wire)
 
 
-async def test_compiled_executor_request_is_refused_with_its_ref(wire: Wire) -> None:
-    """Asking for an executor this gateway lacks is a bad request, not silence."""
-    await wire.send(type="open", ref="c", options={"executors": ["beam", "compiled"]})
+async def test_an_unknown_executor_is_refused_with_its_ref(wire: Wire) -> None:
+    """Asking for an executor that does not exist is a bad request."""
+    await wire.send(type="open", ref="c", options={"executors": ["beam", "gpu"]})
     error = await wire.recv()
     assert error["code"] == "bad_request" and error["ref"] == "c"
 

@@ -31,6 +31,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from . import etf
+from . import compiled
+from .compiled import Shadow
 from .embedded import EmbeddedNode
 from .errors import NodeUnavailable, ProtocolError
 from .etf import Atom
@@ -84,10 +86,9 @@ class GatewayConfig:
     """How a gateway runs.
 
     ``token`` None means no auth (loopback only, enforced by the CLI);
-    ``nodes`` empty means an embedded node; ``max_message_bytes`` bounds one
-    client message (larger ones get a ``limit`` error); messages beyond
-    four times that close the connection with 1009, since they are not
-    even read.
+    ``nodes`` empty means an embedded node. Every limit below is answered
+    with an ``error`` event of code ``limit`` and the connection goes on,
+    except where noted.
     """
 
     host: str = "127.0.0.1"
@@ -95,7 +96,21 @@ class GatewayConfig:
     token: str | None = None
     nodes: tuple[Address, ...] = ()
     secret: str | None = None
+    # Bytes of one client message; beyond four times this the message is not
+    # even read and the connection is closed with 1009.
     max_message_bytes: int = 1024 * 1024
+    # Messages per second per connection, as a token bucket holding one
+    # second's worth; a message over it is answered and dropped.
+    max_messages_per_second: float = 5000.0
+    max_sessions_per_connection: int = 100
+    # Sessions open on the whole gateway, over all connections.
+    max_sessions: int = 1000
+    # Bytes of `chunk` text per session since its last `end` (or `cancel`):
+    # a chunk over it is refused before it reaches the node, whose own cap
+    # bounds the part not yet committed.
+    max_pending_bytes: int = 4 * 1024 * 1024
+    # Origins a browser may connect from; empty means no origin check.
+    allow_origins: tuple[str, ...] = ()
     debug_frames: bool = False
 
 
@@ -184,6 +199,7 @@ class Gateway:
             await self._server.wait_closed()
             self._server = None
         await self.pool.close()
+        compiled.shutdown()
         if self.embedded is not None:
             await self.embedded.stop()
         logger.info("gateway stopped")
@@ -204,6 +220,12 @@ class Gateway:
             )
         if url.path != STREAM_PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        origin = request.headers.get("Origin")
+        allowed = self.config.allow_origins
+        # Browsers always send Origin; other clients need not, and a client
+        # that can leave it out could also forge it.
+        if allowed and origin is not None and origin not in allowed:
+            return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         if self.config.token is not None and not self._authorized(request, url.query):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "bad or missing token\n")
         return None
@@ -273,6 +295,9 @@ class _Connection:
         self.sessions: dict[str, _Session] = {}
         self._pending: list[str] = []
         self._loop = asyncio.get_running_loop()
+        # The message bucket: full at the start, refilled continuously.
+        self._tokens = gateway.config.max_messages_per_second
+        self._refilled = self._loop.time()
 
     async def run(self) -> None:
         self.log.info("connection open from %s", self.ws.remote_address)
@@ -324,29 +349,51 @@ class _Connection:
                 raise ProtocolError(
                     "limit", f"message of {len(_utf8(raw))} bytes exceeds {limit}"
                 )
-            self._act(parse_client_message(raw))
+            msg = parse_client_message(raw)
+            self._spend_token(msg)
+            self._act(msg)
         except ProtocolError as exc:
             self.error(exc)
         except Exception:
             self.log.exception("failed on a client message")
             self.error(ProtocolError("internal", "the gateway failed on this message"))
 
+    def _spend_token(self, msg: ClientMessage) -> None:
+        """Take one token from the message bucket, or refuse the message."""
+        rate = self.gateway.config.max_messages_per_second
+        now = self._loop.time()
+        self._tokens = min(rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < 1:
+            raise ProtocolError(
+                "limit",
+                f"over {rate:g} messages per second on this connection;"
+                f" this {msg.type} message was dropped",
+                ref=getattr(msg, "ref", None),
+                session=getattr(msg, "session", None),
+            )
+        self._tokens -= 1
+
     def _act(self, msg: ClientMessage) -> None:
         if isinstance(msg, Chunk):
             s = self._session(msg.session)
+            s.take_text(msg.text)
             s.send({TYPE: CHUNK, SESSION: s.id, TEXT: msg.text})
         elif isinstance(msg, Eval):
             s = self._session(msg.session)
             s.ends += 1
+            s.block_bytes = 0
             s.send({TYPE: EVAL, SESSION: s.id, CODE: msg.code})
         elif isinstance(msg, End):
             s = self._session(msg.session)
             s.ends += 1
+            s.block_bytes = 0
             s.send({TYPE: END, SESSION: s.id})
         elif isinstance(msg, Open):
             self._open(msg)
         elif isinstance(msg, Cancel):
             s = self._session(msg.session)
+            s.block_bytes = 0
             s.send(etf.message("cancel", session=s.id))
         elif isinstance(msg, Rewind):
             s = self._session(msg.session)
@@ -372,11 +419,13 @@ class _Connection:
 
     def _open(self, msg: Open) -> None:
         options = _node_options(msg.options, ref=msg.ref)
+        self._check_room(msg.ref)
         try:
             link = self.gateway.pool.pick()
         except NodeUnavailable as exc:
             raise ProtocolError("node_unavailable", str(exc), ref=msg.ref) from exc
         s = self._register(link, msg.ref)
+        s.compiled = "compiled" in msg.options.get("executors", ["beam"])
         fields: dict[str, Any] = {"session": s.id}
         if options:
             fields["options"] = options
@@ -384,10 +433,29 @@ class _Connection:
 
     def _fork(self, msg: Fork) -> None:
         parent = self._session(msg.session)
+        self._check_room(msg.ref)
         child = self._register(parent.link, msg.ref)
+        child.compiled = parent.shadow is not None
         parent.send(
             etf.message("fork", session=parent.id, at=msg.at, new_session=child.id)
         )
+
+    def _check_room(self, ref: str) -> None:
+        """Refuse a new session past the connection's or the gateway's cap."""
+        config = self.gateway.config
+        if len(self.sessions) >= config.max_sessions_per_connection:
+            raise ProtocolError(
+                "limit",
+                f"this connection holds its most sessions"
+                f" ({config.max_sessions_per_connection}); close one first",
+                ref=ref,
+            )
+        if self.metrics.sessions >= config.max_sessions:
+            raise ProtocolError(
+                "limit",
+                f"the gateway holds its most sessions ({config.max_sessions})",
+                ref=ref,
+            )
 
     def _register(self, link: BeamLink, ref: str) -> _Session:
         s = _Session(self, link, "s" + secrets.token_hex(8), ref)
@@ -433,7 +501,8 @@ class _Session:
 
     __slots__ = (
         "conn", "link", "id", "ref", "opened", "closing", "lost",
-        "ends", "pending", "block_fragments", "block_errors",
+        "block_bytes",
+        "ends", "pending", "block_fragments", "block_errors", "compiled", "shadow",
     )  # fmt: skip
 
     def __init__(self, conn: _Connection, link: BeamLink, sid: str, ref: str) -> None:
@@ -445,15 +514,33 @@ class _Session:
         self.closing = False
         self.lost = False
         self.ends = 0
+        # Bytes of chunk text since the last end (see GatewayConfig).
+        self.block_bytes = 0
         self.pending: dict[int, float] = {}
         self.block_fragments = 0
         self.block_errors = 0
+        # The compiled executor beside the BEAM, when the session asked for it.
+        self.compiled = False
+        self.shadow: Shadow | None = None
 
     def send(self, msg: dict[Any, Any]) -> None:
         try:
             self.link.send(msg)
         except NodeUnavailable as exc:
             raise ProtocolError("node_unavailable", str(exc), session=self.id) from exc
+
+    def take_text(self, text: str) -> None:
+        """Count a chunk's text against the block cap, or refuse it whole."""
+        size = len(text) if text.isascii() else len(text.encode())
+        cap = self.conn.gateway.config.max_pending_bytes
+        if self.block_bytes + size > cap:
+            raise ProtocolError(
+                "limit",
+                f"the block would hold {self.block_bytes + size} bytes of text,"
+                f" over {cap} (max_pending_bytes); chunk refused, send end first",
+                session=self.id,
+            )
+        self.block_bytes += size
 
     def forget(self) -> None:
         if self.conn.sessions.pop(self.id, None) is not None:
@@ -479,15 +566,31 @@ class _Session:
         elif kind == "done":
             self.ends = max(0, self.ends - 1)
             self.block_fragments = self.block_errors = 0
+            if self.shadow is not None and not self.shadow.done(event):
+                return  # sent by the shadow after the block's compiled results
         elif kind == "opened":
             self.opened = True
             event["ref"] = self.ref
+            if self.compiled:
+                parent = event.get("forked_from")
+                self.shadow = Shadow(
+                    self.id, self.conn.emit, parent=parent, at=event.get("at", 0)
+                )
+        elif kind == "rewound" and self.shadow is not None:
+            self.shadow.rewound(event["to"])
         elif kind == "closed":
             self.forget()
+            if self.shadow is not None:
+                self.shadow.close()
         elif kind == "error":
             self._node_error(event)
             return
         self.conn.emit(event)
+        if self.shadow is not None:
+            if kind == "fragment":
+                self.shadow.fragment(event)
+            elif kind == "result":
+                self.shadow.beam_result(event)
 
     def _node_error(self, event: dict[str, Any]) -> None:
         node_code = str(event.get("code"))
@@ -513,6 +616,9 @@ class _Session:
         """The node is gone: answer for what it can no longer answer."""
         conn = self.conn
         self.lost = True
+        if self.shadow is not None:
+            self.shadow.abandon()
+            self.shadow = None
         now = time.perf_counter()
         for index in sorted(self.pending):
             elapsed = int((now - self.pending[index]) * 1e6)
@@ -550,13 +656,8 @@ class _Session:
 
 
 def _node_options(options: dict[str, Any], *, ref: str) -> dict[Atom, Any]:
-    """The bridge form of validated ``open`` options."""
-    if "compiled" in options.get("executors", ["beam"]):
-        raise ProtocolError(
-            "bad_request",
-            "the compiled executor is not available on this gateway",
-            ref=ref,
-        )
+    """The bridge form of validated ``open`` options (``executors`` stays
+    with the gateway, which runs the compiled executor itself)."""
     out: dict[Atom, Any] = {}
     if "on_error" in options:
         out[Atom("on_error")] = Atom(options["on_error"])
