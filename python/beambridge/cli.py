@@ -1,4 +1,4 @@
-"""The ``beambridge`` command: ``serve``, ``run FILE`` and ``demo``.
+"""The ``beambridge`` command: ``serve``, ``run FILE``, ``demo`` and ``compare FILE``.
 
 ``serve`` runs a gateway until SIGINT/SIGTERM. ``run`` streams a file the way
 a model writes (token-sized chunks at a steady rate) and prints events as they
@@ -126,6 +126,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_run)
 
+    compare = sub.add_parser(
+        "compare", help="run a file on the BEAM and the compiled executor"
+    )
+    compare.add_argument("file", type=Path)
+    compare.add_argument("--url", help="a gateway's ws:// URL (default: embedded)")
+    compare.add_argument("--token", default=os.environ.get("BEAMBRIDGE_TOKEN"))
+    compare.set_defaults(func=_compare)
+
     demo = sub.add_parser("demo", help="stream examples/demo.exs on an embedded stack")
     demo.add_argument(
         "--rate", type=float, default=DEFAULT_RATE, help="tokens per second"
@@ -241,6 +249,19 @@ async def _demo(args: argparse.Namespace) -> int:
             await session.close()
     _summary(console, reports)
     return 0 if all(r.done is not None for r in reports) else 1
+
+
+async def _compare(args: argparse.Namespace) -> int:
+    """Exit 1 when any fragment's two results disagree (unsupported is not
+    a disagreement: the compiled executor says it cannot answer)."""
+    from .compare import compare, render
+
+    code = args.file.read_text()
+    async with AsyncExitStack() as stack:
+        url, token = await _target(stack, args.url, args.token)
+        rows = await compare(url, token, code)
+    render(rows, Console(width=max(Console().width, 160)))
+    return 1 if any(row.agrees is False for row in rows) else 0
 
 
 async def _target(

@@ -109,7 +109,11 @@ class Shadow:
         self._compiled: dict[int, dict[str, Any]] = {}
         self._beam: dict[int, dict[str, Any]] = {}
         self._held: list[dict[str, Any]] = []
-        self._submit(_open, sid, parent, at)
+        self._submit(_open, sid, parent, at).add_done_callback(self._opened)
+
+    def _opened(self, future: Future[None]) -> None:
+        if (exc := future.exception()) is not None:
+            logger.error("compiled executor could not open %s: %r", self.sid, exc)
 
     def fragment(self, event: dict[str, Any]) -> None:
         index = event["index"]

@@ -290,6 +290,8 @@ class Result:
     agrees: bool | None = None
     # Under trace: step events beyond the node's cap, counted but not sent.
     steps_dropped: int | None = None
+    # Compiled results: how many tokens the compiled model decoded.
+    trace_tokens: int | None = None
     type: str = "result"
 
 
