@@ -371,7 +371,16 @@ def event_dict(event: Event) -> dict[str, Any]:
     """The JSON object of an event the gateway makes itself (``None`` fields
     that the contract leaves out are dropped)."""
     obj = asdict(event)
-    for key in ("ref", "session", "forked_from", "at", "agrees", "steps_dropped"):
+    optional = (
+        "ref",
+        "session",
+        "forked_from",
+        "at",
+        "agrees",
+        "steps_dropped",
+        "trace_tokens",
+    )
+    for key in optional:
         if obj.get(key, 0) is None:
             del obj[key]
     if isinstance(event, Result):
