@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -92,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     auth = serve.add_mutually_exclusive_group()
     auth.add_argument(
-        "--token", help="clients' bearer token (default: random, printed)"
+        "--token",
+        help="clients' bearer token (default: BEAMBRIDGE_TOKEN or the file named"
+        " by BEAMBRIDGE_TOKEN_FILE, else random and printed)",
     )
     auth.add_argument("--no-auth", action="store_true", help="loopback hosts only")
     serve.add_argument(
@@ -103,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a running node (repeatable); its secret from BEAM_BRIDGE_SECRET"
         " or BEAM_BRIDGE_SECRET_FILE. Without --node: an embedded node",
     )
-    serve.add_argument("--max-message-bytes", type=int, default=1024 * 1024)
+    _limit_flags(serve)
     serve.add_argument(
         "--debug-frames", action="store_true", help="log every frame at debug level"
     )
@@ -150,6 +153,36 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- serve -------------------------------------------------------------------
 
+_DEFAULTS = GatewayConfig()
+
+
+def _limit_flags(serve: argparse.ArgumentParser) -> None:
+    """The gateway's limits, each defaulting to :class:`GatewayConfig`'s."""
+    flags: list[tuple[str, type, str]] = [
+        ("--max-message-bytes", int, "bytes of one client message"),
+        ("--max-messages-per-second", float, "messages per second per connection"),
+        ("--max-sessions-per-connection", int, "open sessions per connection"),
+        ("--max-sessions", int, "open sessions on the gateway"),
+        ("--max-pending-bytes", int, "chunk text per session since its last end"),
+    ]
+    for flag, kind, what in flags:
+        default = getattr(_DEFAULTS, flag[2:].replace("-", "_"))
+        serve.add_argument(
+            flag,
+            type=kind,
+            default=default,
+            metavar="N",
+            help=what + " (default: %(default)s)",
+        )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="accept browser handshakes only from this Origin (repeatable;"
+        " default: no origin check)",
+    )
+
 
 async def _serve(args: argparse.Namespace) -> int:
     if args.no_auth and not _is_loopback(args.host):
@@ -157,7 +190,8 @@ async def _serve(args: argparse.Namespace) -> int:
             "beambridge: --no-auth is allowed only on a loopback host", file=sys.stderr
         )
         return 2
-    token = None if args.no_auth else (args.token or secrets.token_urlsafe(24))
+    given = args.token or _env_token()
+    token = None if args.no_auth else (given or secrets.token_urlsafe(24))
     nodes = tuple(parse_address(text) for text in args.node)
     config = GatewayConfig(
         host=args.host,
@@ -166,6 +200,11 @@ async def _serve(args: argparse.Namespace) -> int:
         nodes=nodes,
         secret=_node_secret() if nodes else None,
         max_message_bytes=args.max_message_bytes,
+        max_messages_per_second=args.max_messages_per_second,
+        max_sessions_per_connection=args.max_sessions_per_connection,
+        max_sessions=args.max_sessions,
+        max_pending_bytes=args.max_pending_bytes,
+        allow_origins=tuple(args.allow_origin),
         debug_frames=args.debug_frames,
     )
     stop = asyncio.Event()
@@ -174,20 +213,54 @@ async def _serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     gateway = Gateway(config)
     try:
-        await gateway.start()
-        try:
-            await gateway.wait_nodes(timeout=10 if nodes else 60)
-        except TimeoutError:
-            logging.getLogger("beambridge.cli").warning(
-                "no BEAM node connected yet; /healthz answers 503 until one is"
-            )
-        if token is not None and not args.token:
+        if not await _unless_stopped(_start(gateway, bool(nodes)), stop):
+            return 0
+        if token is not None and not given:
             print(f"token: {token}", flush=True)
         print(f"listening on {gateway.url}", flush=True)
         await stop.wait()
     finally:
         await gateway.close()
     return 0
+
+
+async def _start(gateway: Gateway, remote: bool) -> None:
+    await gateway.start()
+    try:
+        await gateway.wait_nodes(timeout=10 if remote else 60)
+    except TimeoutError:
+        logging.getLogger("beambridge.cli").warning(
+            "no BEAM node connected yet; /healthz answers 503 until one is"
+        )
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run ``work`` to its end (True), or cancel it once ``stop`` is set (False),
+    so a signal during startup does not wait for the startup's own timeouts."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+def _env_token() -> str | None:
+    if token := os.environ.get("BEAMBRIDGE_TOKEN"):
+        return token
+    if path := os.environ.get("BEAMBRIDGE_TOKEN_FILE"):
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise BeambridgeError(f"cannot read BEAMBRIDGE_TOKEN_FILE: {exc}") from exc
+    return None
 
 
 def _is_loopback(host: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
@@ -130,6 +131,8 @@ class BeamLink:
         self.sessions: dict[str, SessionSink] = {}
         # The node's own numbers from its last pong (atoms, processes, …).
         self.stats: dict[str, int] = {}
+        # Pings sent by `fresh_stats`, by ref, waiting for their pong.
+        self._stats_waiters: dict[str, asyncio.Future[dict[str, int]]] = {}
         self._protocol: _BridgeProtocol | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -171,6 +174,18 @@ class BeamLink:
             self.log.debug("> %r", msg)
         protocol.transport.write(etf.frame(msg))
 
+    async def fresh_stats(self, timeout: float) -> dict[str, int]:
+        """Ping the node now and return the statistics of its answer."""
+        ref = f"stats-{secrets.token_hex(4)}"
+        waiter = asyncio.get_running_loop().create_future()
+        self._stats_waiters[ref] = waiter
+        try:
+            self.send(etf.message("ping", ref=ref))
+            async with asyncio.timeout(timeout):
+                return await waiter
+        finally:
+            self._stats_waiters.pop(ref, None)
+
     def dispatch(self, msg: Any) -> None:
         """Route one node event to its session's sink."""
         if self.debug_frames:
@@ -188,6 +203,9 @@ class BeamLink:
             stats = msg.get("stats")
             if isinstance(stats, dict):
                 self.stats = {str(k): v for k, v in stats.items() if isinstance(v, int)}
+            waiter = self._stats_waiters.pop(str(msg.get("ref")), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(self.stats)
         elif msg.get("type") == "error":
             self.log.warning("node error %s: %s", msg.get("code"), msg.get("message"))
         else:
