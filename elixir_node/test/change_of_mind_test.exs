@@ -193,9 +193,9 @@ defmodule BeamBridge.ChangeOfMindTest do
 
     test "caps the steps of one fragment and counts the rest" do
       {_id, pid} = open(%{trace: true})
-      events = eval(pid, "(" <> Enum.map_join(1..1_100, "; ", &"v = #{&1}") <> ")")
+      events = eval(pid, "(" <> Enum.map_join(1..1_100, "; ", &"#{&1} * 2") <> ")")
       assert length(for(%{type: :step} = s <- events, do: s)) == 1_000
-      assert [%{value: "1100", steps_dropped: 100}] = results(events)
+      assert [%{value: "2200", steps_dropped: 100}] = results(events)
     end
   end
 

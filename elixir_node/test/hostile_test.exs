@@ -39,6 +39,9 @@ defmodule BeamBridge.HostileTest do
     {"reads the environment", ~S'System.get_env("HOME")', "denied"},
     # atoms
     {"String.to_atom", ~S'String.to_atom("bb_hostile")', "denied"},
+    # Elixir makes an atom `_x@n` for the n-th binding of `x` in a fragment.
+    {"rebinds one variable thousands of times",
+     "(" <> Enum.map_join(1..5_000, "; ", &"x = #{&1}") <> ")", "denied"},
     {"List.to_atom", ~S{List.to_atom('bb_hostile')}, "denied"},
     {":erlang.binary_to_atom", ~S':erlang.binary_to_atom("bb_hostile", :utf8)', "denied"},
     {"an interpolated atom", ~S'n = 1; :"bb_hostile_#{n}"', "denied"},

@@ -322,6 +322,11 @@ defmodule BeamBridge.PolicyTest do
       assert message =~ "atom budget exhausted"
     end
 
+    test "a fragment that uses one variable past the cap is denied before it runs" do
+      code = "(" <> Enum.map_join(1..40, "; ", &"y = #{&1}") <> ")"
+      assert denied(code) =~ "more than 32 times"
+    end
+
     test "pool names cannot be written by hand" do
       assert {:error, %{kind: "denied", message: message}} =
                Policy.parse("bb_v0 = 1", 1, Scope.new("p"))

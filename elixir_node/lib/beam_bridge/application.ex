@@ -6,22 +6,38 @@ defmodule BeamBridge.Application do
 
   use Application
 
+  # Fragments of the shapes models write, evaluated once at start.
+  @warm_up [
+    "x = 1 + 2 * 3",
+    "list = Enum.map(1..10, &(&1 * x)) |> Enum.filter(&(rem(&1, 2) == 0))",
+    "for n <- list, n > 2, into: %{}, do: {Integer.to_string(n), n / 2}",
+    ~S'"total: #{Enum.sum(list)}" |> String.upcase() |> String.split(" ")',
+    "case {list, x} do\n  {[h | _], 7} when h > 0 -> {:ok, h}\n  _ -> :error\nend",
+    "with {:ok, n} <- {:ok, 3}, true <- n > 1, do: n, else: (_ -> 0)",
+    "try do\n  raise ArgumentError, \"no\"\nrescue\n  e in ArgumentError -> e.message\nend",
+    "defmodule BeamBridge.WarmUp.Probe do\n  def twice(n), do: n * 2\nend",
+    "BeamBridge.WarmUp.Probe.twice(21)",
+    "undefined_name + 1"
+  ]
+
   @impl true
   def start(_type, _args) do
-    # Code is parsed without creating atoms, so a call is only recognised
-    # when its names already exist: loading the standard modules user code
-    # may call, and naming their alias segments (`:Stream` in `Stream.map`),
-    # creates that fixed set of atoms once, up front.
     # The node's own modules name every atom of the bridge protocol: loaded
     # up front, a request that uses one decodes under `[:safe]` even before
     # the code that handles it has run once.
     Enum.each(Application.spec(:beam_bridge, :modules), &Code.ensure_loaded/1)
-    BeamBridge.Policy.Scope.setup()
 
+    # Code is parsed without creating atoms, so a call is only recognised
+    # when its names already exist: loading the standard modules user code
+    # may call, and naming their alias segments (`:Stream` in `Stream.map`),
+    # creates that fixed set of atoms once, up front.
     for module <- BeamBridge.Speculation.modules() do
       Code.ensure_loaded(module)
       if elixir_module?(module), do: Enum.each(Module.split(module), &String.to_atom/1)
     end
+
+    warm_up()
+    BeamBridge.Policy.Scope.setup()
 
     children =
       [
@@ -50,6 +66,26 @@ defmodule BeamBridge.Application do
       {:error, _} -> System.stop(0)
       _line -> watch_stdin()
     end
+  end
+
+  # The first evaluations on a node load parts of the compiler and create
+  # the atoms those parts name (about a thousand). Doing it here, before the
+  # policy takes the atom table's size as its baseline and before the node
+  # reports ready, keeps that cost out of the first session's latency and
+  # out of any session's atom budget.
+  defp warm_up do
+    context = BeamBridge.Evaluator.new_context("warm-up", false)
+
+    Enum.reduce(@warm_up, context, fn code, context ->
+      case BeamBridge.Evaluator.run(code, 1, context, trace: true) do
+        {:ok, _result, context} -> context
+        {:error, _error, _scope} -> context
+      end
+    end)
+
+    :code.purge(BeamBridge.WarmUp.Probe)
+    :code.delete(BeamBridge.WarmUp.Probe)
+    Process.delete(BeamBridge.Trace)
   end
 
   defp elixir_module?(module), do: String.starts_with?(Atom.to_string(module), "Elixir.")

@@ -18,6 +18,9 @@ defmodule BeamBridge.Policy.Names do
   alias BeamBridge.Policy.Scope
 
   @file_name "fragment"
+  @max_uses_per_name 32
+  # Forms that look like variables but are not bindings.
+  @special_vars [:_, :__MODULE__, :__ENV__, :__DIR__, :__CALLER__, :__STACKTRACE__]
 
   @doc "See `BeamBridge.Policy.parse/3`."
   @spec parse(binary, pos_integer, Scope.t()) :: {:ok, Macro.t(), Scope.t()} | {:error, map}
@@ -62,7 +65,37 @@ defmodule BeamBridge.Policy.Names do
   defp names(quoted, tag, scope) do
     scope = modules(quoted, tag, nil, scope)
     {quoted, scope} = Macro.prewalk(quoted, scope, &name(&1, &2, tag))
+    count_uses!(quoted)
     %{quoted: quoted, scope: scope, atoms: scope.atoms}
+  end
+
+  # Elixir names the Erlang variable of each binding `_<name>@<n>`, an atom,
+  # with `n` counting the bindings of that name in one evaluation: a
+  # fragment rebinding `x` a million times would make a million atoms.
+  # Capping how often one name occurs in a fragment caps `n`, so these
+  # atoms are bounded for the node's life by the variable names there can
+  # be (the pool, and existing atoms) times @max_uses_per_name.
+  defp count_uses!(quoted) do
+    {_, uses} =
+      Macro.prewalk(quoted, %{}, fn
+        {name, meta, nil} = node, uses when is_atom(name) and name not in @special_vars ->
+          count = Map.get(uses, name, 0) + 1
+
+          if count > @max_uses_per_name do
+            throw(
+              {:names,
+               "a variable is used more than #{@max_uses_per_name} times in one fragment; split the fragment",
+               meta}
+            )
+          end
+
+          {node, Map.put(uses, name, count)}
+
+        node, uses ->
+          {node, uses}
+      end)
+
+    uses
   end
 
   defp syntax_message({prefix, suffix}, token), do: prefix <> token <> suffix
