@@ -1,7 +1,8 @@
 # Node-side cost of a fragment: the whole path inside the node (splitting,
-# a fresh evaluation process, IO capture, result and `done` events) against
-# a bare `Code.eval_quoted` of the same fragment, measured in one run, and
-# fragments per second with 1 and 100 concurrent sessions.
+# the sandbox policy, a fresh evaluation process with its limits, IO
+# capture, result and `done` events) against a bare `Code.eval_quoted` of
+# the same fragment and against the same path with the sandbox off, in one
+# run; and fragments per second with 1 and 100 concurrent sessions.
 #
 #     cd elixir_node && mix run --no-start ../bench/node_bench.exs
 #
@@ -21,7 +22,8 @@ defmodule NodeBench do
     {:ok, _} = Application.ensure_all_started(:beam_bridge)
 
     bare = bare_us()
-    session = session_us()
+    session = session_us(true)
+    unchecked = session_us(false)
     one = throughput(1, 20_000)
     hundred = throughput(100, 200)
 
@@ -29,18 +31,22 @@ defmodule NodeBench do
       {"bare Code.eval_quoted (µs/fragment)", bare},
       {"session: split + evaluate + events (µs/fragment)", session},
       {"overhead (µs/fragment)", session - bare},
+      {"session with the sandbox off (µs/fragment)", unchecked},
+      {"sandbox cost: policy parse + check (µs/fragment)", session - unchecked},
       {"fragments/s, 1 session", one},
       {"fragments/s, 100 sessions", hundred}
     ]
 
     IO.puts("\nbeambridge node benchmark (#{System.schedulers_online()} schedulers)\n")
-    for {name, value} <- rows, do: IO.puts(String.pad_trailing(name, 52) <> format(value))
+    for {name, value} <- rows, do: IO.puts(String.pad_trailing(name, 54) <> format(value))
 
     write_json(%{
       bare_eval_us: bare,
       session_fragment_us: session,
       overhead_us: session - bare,
       overhead_goal_us: 50,
+      session_fragment_unsandboxed_us: unchecked,
+      sandbox_us: session - unchecked,
       fragments_per_s_1_session: one,
       fragments_per_s_100_sessions: hundred,
       schedulers: System.schedulers_online(),
@@ -69,9 +75,10 @@ defmodule NodeBench do
     us / @calls
   end
 
-  # One `eval` request at a time, each awaited up to its `done` event.
-  defp session_us do
-    pid = open()
+  # One `eval` request at a time, each awaited up to its `done` event; all
+  # limits are on either way, `sandbox` adds the policy.
+  defp session_us(sandbox) do
+    pid = open(sandbox)
     for _ <- 1..@warmup, do: eval_and_wait(pid)
     {us, _} = :timer.tc(fn -> for _ <- 1..@calls, do: eval_and_wait(pid) end)
     us / @calls
@@ -92,8 +99,9 @@ defmodule NodeBench do
     sessions * per_session / (us / 1_000_000)
   end
 
-  defp open do
-    {:ok, pid} = Session.start("bench-#{System.unique_integer([:positive])}", owner: self())
+  defp open(sandbox \\ true) do
+    id = "bench-#{System.unique_integer([:positive])}"
+    {:ok, pid} = Session.start(id, owner: self(), sandbox: sandbox)
     receive do: ({:bridge_event, %{type: :opened}} -> pid)
   end
 
