@@ -414,7 +414,9 @@ async def test_gateway_recovers_when_the_node_restarts(release: Path) -> None:
             wire = Wire(ws)
             session = await wire.open(limits={"timeout_ms": 60_000})
             await wire.send(type="eval", session=session, code="a = 1\n" + SLOW)
-            await wire.until(lambda e: e["type"] == "fragment" and e["index"] == 2)
+            await wire.until(lambda e: e["type"] == "result" and e["index"] == 1)
+            if not any(e["type"] == "fragment" and e["index"] == 2 for e in wire.seen):
+                await wire.until(lambda e: e["type"] == "fragment" and e["index"] == 2)
 
             mark = gateway.mark()
             node.child.signal(signal.SIGKILL)

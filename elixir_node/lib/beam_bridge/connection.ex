@@ -172,18 +172,10 @@ defmodule BeamBridge.Connection do
 
   defp handle_message(%{type: :fork, session: id, at: at, new_session: new_id}, state)
        when is_binary(new_id) and is_integer(at) and at >= 0 do
+    # The new session copies the context from its parent itself: the
+    # context goes from one process to the other once, not through here.
     with_session(state, id, fn pid ->
-      case Session.context_at(pid, at) do
-        {:ok, context, options} ->
-          opts = [owner: self(), options: options, context: context, forked_from: {id, at}]
-          start_session(new_id, opts, state)
-
-        # The error names the session that was not made, so that the
-        # gateway can answer the fork's request with it.
-        {:error, message} ->
-          reply_error(state, :bad_request, message, new_id)
-          state
-      end
+      start_session(new_id, [owner: self(), fork_of: {pid, id, at}], state)
     end)
   end
 
@@ -243,6 +235,12 @@ defmodule BeamBridge.Connection do
       {:ok, pid} ->
         Process.monitor(pid)
         %{state | sessions: Map.put(state.sessions, id, pid)}
+
+      # The error names the session that was not made, so that the gateway
+      # can answer the fork's request with it.
+      {:error, {:fork_refused, message}} ->
+        reply_error(state, :bad_request, message, id)
+        state
 
       {:error, {:already_started, _}} ->
         reply_error(state, :session_exists, "session #{inspect(id)} already exists", id)

@@ -50,7 +50,9 @@ defmodule BeamBridge.Session do
   Starts the session `id` under the session supervisor.
 
   Options: `:owner` (required, receives the events), `:options` (the client's
-  session options), `:context` and `:forked_from` (`{id, at}`) for a fork,
+  session options), `:fork_of` (`{parent_pid, parent_id, at}`: start from the
+  parent's context after fragment `at`, fetched from the parent; fails with
+  `{:fork_refused, message}`), or `:context` and `:forked_from` (`{id, at}`),
   `:caps` (overrides of `BeamBridge.Config.caps/0`, for tests), `:sandbox`
   (check fragments with `BeamBridge.Policy`; default: the node's setting).
   """
@@ -90,6 +92,23 @@ defmodule BeamBridge.Session do
 
   @impl true
   def init({id, opts}) do
+    case Keyword.fetch(opts, :fork_of) do
+      {:ok, {parent, parent_id, at}} ->
+        case context_at(parent, at) do
+          {:ok, context, options} ->
+            forked = [context: context, options: options, forked_from: {parent_id, at}]
+            start_state(id, Keyword.merge(opts, forked))
+
+          {:error, message} ->
+            {:stop, {:fork_refused, message}}
+        end
+
+      :error ->
+        start_state(id, opts)
+    end
+  end
+
+  defp start_state(id, opts) do
     owner = Keyword.fetch!(opts, :owner)
     Process.monitor(owner)
     options = normalize_options(Keyword.get(opts, :options, %{}))
