@@ -155,17 +155,11 @@ defmodule BeamBridge.Evaluator do
   end
 
   defp prepare(code, line, env, scope, trace) do
-    case Policy.parse(code, line, scope) do
-      {:ok, quoted, scope} ->
-        quoted = if trace, do: Trace.instrument(quoted), else: quoted
+    transform = if trace, do: &Trace.instrument/1, else: & &1
 
-        case Policy.check(quoted, env, scope) do
-          {:ok, quoted, scope, _effects} -> {:ok, quoted, scope}
-          {:error, error} -> {:error, error, scope}
-        end
-
-      {:error, error} ->
-        {:error, error, scope}
+    case Policy.prepare(code, line, env, scope, transform) do
+      {:ok, quoted, scope, _effects} -> {:ok, quoted, scope}
+      {:error, error, scope} -> {:error, error, scope}
     end
   end
 

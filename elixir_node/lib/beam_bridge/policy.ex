@@ -47,17 +47,19 @@ defmodule BeamBridge.Policy do
   defdelegate check(quoted, env, scope), to: Check, as: :run
 
   @doc """
-  Parses and checks one fragment: `parse/3` then `check/3`. The scope comes
+  Parses and checks one fragment: `parse/3` then `check/3`, with
+  `transform` applied to the parsed tree in between (the evaluator adds
+  step tracing there). The scope comes
   back in both cases and must be kept even when the fragment is denied or
   fails later: it counts the atoms the fragment made and the modules it
   may have defined.
   """
-  @spec prepare(binary, pos_integer, Macro.Env.t(), Scope.t()) ::
+  @spec prepare(binary, pos_integer, Macro.Env.t(), Scope.t(), (Macro.t() -> Macro.t())) ::
           {:ok, Macro.t(), Scope.t(), :pure | :effects} | {:error, error, Scope.t()}
-  def prepare(code, line, env, scope) do
+  def prepare(code, line, env, scope, transform \\ & &1) do
     case parse(code, line, scope) do
       {:ok, quoted, scope} ->
-        case check(quoted, env, scope) do
+        case check(transform.(quoted), env, scope) do
           {:ok, quoted, scope, effects} -> {:ok, quoted, scope, effects}
           {:error, error} -> {:error, error, scope}
         end
