@@ -31,11 +31,21 @@ RUN pip install .
 
 FROM ${PYTHON_IMAGE}
 
+# The compiled executor reads each fragment's syntax tree from Elixir's own
+# parser, so the gateway image carries Elixir (Debian's, as the tests use).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends elixir \
+ && rm -rf /var/lib/apt/lists/*
+
 RUN useradd --system --uid 10001 --user-group --home-dir /app \
       --shell /usr/sbin/nologin beambridge
 
 COPY --from=build /opt/venv /opt/venv
 COPY docker/gateway.sh /app/docker/gateway.sh
+
+# The compiled weights are written once, here, and only read at run time.
+ENV BEAMBRIDGE_COMPILED_CACHE=/opt/compiled-weights
+RUN /opt/venv/bin/python -c "from compiled_model import engine; engine.load_model()"
 
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     BEAMBRIDGE_HOST=0.0.0.0 BEAMBRIDGE_PORT=8765 \
