@@ -17,7 +17,7 @@ defmodule BeamBridge.Application do
     "try do\n  raise ArgumentError, \"no\"\nrescue\n  e in ArgumentError -> e.message\nend",
     "defmodule BeamBridge.WarmUp.Probe do\n  def twice(n), do: n * 2\nend",
     "BeamBridge.WarmUp.Probe.twice(21)",
-    "undefined_name + 1"
+    "Map.fetch!(%{}, :missing)"
   ]
 
   @impl true
