@@ -88,9 +88,18 @@ class Wire:
         await self.send(type="open", ref="b", options=options)
         return (await self.until("opened", lambda e: True))[1]["session"]
 
-    async def block(self, session: str, code: str) -> None:
+    async def block(self, session: str, code: str) -> list[dict[str, Any]]:
+        """Run ``code`` as a block; return the results that failed."""
+        failed: list[dict[str, Any]] = []
+
+        def done(event: dict[str, Any]) -> bool:
+            if event["type"] == "result" and not event["ok"]:
+                failed.append(event)
+            return event["type"] == "done"
+
         await self.send(type="eval", session=session, code=code)
-        await self.until(session, lambda e: e["type"] == "done", timeout=300)
+        await self.until(session, done, timeout=300)
+        return failed
 
 
 async def start_gateway() -> tuple[asyncio.subprocess.Process, str, str]:
@@ -145,8 +154,9 @@ async def fork_cost(wire: Wire, forks: int) -> dict[str, Any]:
     history = "\n".join(["n = 0", *["n = n + 1"] * 998])
     for name, binding in BINDINGS.items():
         session = await wire.open()
-        await wire.block(session, binding)
-        await wire.block(session, history)
+        for code in (binding, history):
+            failed = await wire.block(session, code)
+            assert not failed, f"setting up the fork benchmark failed: {failed[0]}"
         samples = []
         for i in range(forks + forks // 10):
             sent = await wire.send(type="fork", session=session, at=1000, ref="f")

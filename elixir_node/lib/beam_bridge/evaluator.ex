@@ -30,8 +30,10 @@ defmodule BeamBridge.Evaluator do
   @max_value_bytes 64 * 1024
   @data_budget 10_000
   # Terms that share structure are small on a heap and huge once copied to
-  # another process (as a context is): past this many nodes, they are not.
-  @max_context_nodes 1_000_000
+  # another process (as a context is). A context may copy to as many terms
+  # as the heap limit has words (so any context built without sharing
+  # passes); past that it is refused. This default serves direct calls.
+  @max_context_nodes 32 * 1024 * 1024
   @shown_nodes 20_000
 
   @typedoc """
@@ -72,7 +74,8 @@ defmodule BeamBridge.Evaluator do
         fn ->
           Process.group_leader(self(), proxy)
           if trace, do: Trace.start(proxy)
-          IOProxy.finish(proxy, run(code, line, context, trace: trace))
+          opts = [trace: trace, max_context_nodes: heap_words]
+          IOProxy.finish(proxy, run(code, line, context, opts))
         end,
         [:monitor, max_heap_size: %{size: heap_words, kill: true, error_logger: false}]
       )
@@ -121,7 +124,8 @@ defmodule BeamBridge.Evaluator do
     outcome =
       case prepare(code, line, env, scope, opts[:trace]) do
         {:ok, quoted, scope} ->
-          evaluate(quoted, line, binding, env, scope)
+          max_nodes = Keyword.get(opts, :max_context_nodes, @max_context_nodes)
+          evaluate(quoted, line, binding, env, scope, max_nodes)
 
         {:error, error, scope} ->
           {:error, error.kind, error.message, error.line, scope}
@@ -163,13 +167,13 @@ defmodule BeamBridge.Evaluator do
     end
   end
 
-  defp evaluate(quoted, line, binding, env, scope) do
+  defp evaluate(quoted, line, binding, env, scope, max_nodes) do
     {value, binding, env} = Code.eval_quoted_with_env(quoted, binding, env)
 
-    if Policy.copyable?(binding, @max_context_nodes) do
+    if Policy.copyable?(binding, max_nodes) do
       {:ok, value, {binding, prune(env), scope}}
     else
-      message = "the bindings share structure that copies to over #{@max_context_nodes} terms"
+      message = "the bindings share structure that copies to over #{max_nodes} terms"
       {:error, "memory", message, line, scope}
     end
   rescue

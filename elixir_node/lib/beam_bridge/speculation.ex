@@ -16,6 +16,8 @@ defmodule BeamBridge.Speculation do
   the fragment wait for its commit as usual.
   """
 
+  alias BeamBridge.Policy.Scope
+
   @pure_modules [
     Enum,
     List,
@@ -95,6 +97,15 @@ defmodule BeamBridge.Speculation do
 
   defp node_pure?({name, _, args}, _binding) when is_atom(name) and is_list(args),
     do: name in @pure_local
+
+  # A variable whose name is no atom yet: the session holds it under a pool
+  # name (`BeamBridge.Policy.Scope`), which this check cannot see, so it is
+  # pure only when no pooled binding holds a function.
+  defp node_pure?({{:unknown_name, _}, _, context}, binding) when is_atom(context) do
+    not Enum.any?(binding, fn {name, value} ->
+      Scope.pool_name?(Atom.to_string(name)) and search_functions(value, @search_budget) == 0
+    end)
+  end
 
   defp node_pure?({_, _, _}, _binding), do: false
   defp node_pure?({:unknown_name, _}, _binding), do: false
