@@ -248,6 +248,23 @@ defmodule BeamBridge.ChangeOfMindTest do
       end
     end
 
+    test "interpolation, map access and new variable names qualify; calls of values do not" do
+      alias BeamBridge.Speculation
+
+      for code <- [
+            ~S'IO.puts("#{length([1])} item")',
+            ~S'total_zq1 = %{"a" => 1}["a"] + 1',
+            "{known_zq2, rest_zq3} = Enum.split_with([1, 2], &(&1 > 1))"
+          ] do
+        assert Speculation.pure?(code, []), code
+      end
+
+      holding_a_function = [bb_v0: fn -> :effect end]
+      refute Speculation.pure?("new_name_zq4 + 1", holding_a_function)
+      refute Speculation.pure?("%{unknown_key_zq5: 1}", [])
+      refute Speculation.pure?("Process.sleep(1)", [])
+    end
+
     test "is off with speculate: false" do
       {_id, pid} = open(%{speculate: false})
       Session.request(pid, {:chunk, "x = 1 + 1\n"})

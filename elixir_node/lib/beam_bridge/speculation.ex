@@ -62,13 +62,20 @@ defmodule BeamBridge.Speculation do
   def pure?(code, binding) do
     case Code.string_to_quoted(code, static_atoms_encoder: &existing_atom/2, emit_warnings: false) do
       {:ok, quoted} ->
-        {_, pure} = Macro.prewalk(quoted, true, &{&1, &2 and node_pure?(&1, binding)})
+        {_, pure} = Macro.prewalk(quoted, true, &{renamed(&1), &2 and node_pure?(&1, binding)})
         pure
 
       {:error, _} ->
         false
     end
   end
+
+  # A variable with a new name is judged whole; its marker must not be met
+  # again below it, where it would read as an atom literal.
+  defp renamed({{:unknown_name, _}, meta, context}) when is_atom(context),
+    do: {:new_variable, meta, context}
+
+  defp renamed(node), do: node
 
   defp existing_atom(name, _meta) do
     {:ok, :erlang.binary_to_existing_atom(name, :utf8)}
@@ -82,8 +89,13 @@ defmodule BeamBridge.Speculation do
     remote_pure?(module, fun)
   end
 
+  # `Kernel.to_string/1` and friends, as string interpolation expands to.
+  defp node_pure?({{:., _, [Kernel, fun]}, _, _args}, _binding), do: fun in @pure_local
+
+  # A module as an atom: Erlang's, or an Elixir one a macro expanded to
+  # (`map[key]` is `Access.get/2`).
   defp node_pure?({{:., _, [module, fun]}, _, _args}, _binding) when is_atom(module),
-    do: module in @pure_erlang and is_atom(fun)
+    do: module in @pure_erlang or remote_pure?(module, fun)
 
   # `f.(x)`: a call of a function value.
   defp node_pure?({{:., _, [_fun]}, _, _args}, _binding), do: false
