@@ -114,6 +114,22 @@ defmodule BeamBridge.ChangeOfMindTest do
       assert [%{index: 5, value: "3"}] = results(eval(pid, "c"))
     end
 
+    test "purges modules defined after the fragment it returns to" do
+      {_id, pid} = open()
+      eval(pid, "defmodule Kept do\n  def v, do: 1\nend")
+      eval(pid, "defmodule Dropped do\n  def v, do: 2\nend")
+      assert value(pid, "Kept.v() + Dropped.v()") == "3"
+      {_, _, scope} = :sys.get_state(pid).context
+      [dropped, kept] = BeamBridge.Policy.modules(scope)
+
+      Session.request(pid, {:rewind, 1})
+      assert_receive {:bridge_event, %{type: :rewound, to: 1}}
+      refute :code.is_loaded(dropped)
+      assert :code.is_loaded(kept)
+      assert value(pid, "Kept.v()") == "1"
+      assert [%{ok: false}] = results(eval(pid, "Dropped.v()"))
+    end
+
     test "beyond the last fragment is an error and changes nothing", %{pid: pid} do
       Session.request(pid, {:rewind, 9})
       assert_receive {:bridge_event, %{type: :error, code: :bad_request, message: message}}

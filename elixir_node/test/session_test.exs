@@ -213,6 +213,17 @@ defmodule BeamBridge.SessionTest do
       assert_receive {:DOWN, ^ref, :process, ^pid, _}
     end
 
+    test "close purges the modules the session defined" do
+      {id, pid} = open()
+      assert [%{ok: true}] = results(eval(pid, "defmodule Gone do\n  def v, do: 1\nend"))
+      {_, _, scope} = :sys.get_state(pid).context
+      [module] = BeamBridge.Policy.modules(scope)
+      assert :code.is_loaded(module)
+      Session.request(pid, :close)
+      assert_receive {:bridge_event, %{type: :closed, session: ^id}}
+      refute :code.is_loaded(module)
+    end
+
     test "close answers closed and ends the process" do
       {id, pid} = open()
       ref = Process.monitor(pid)
