@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from beambridge.cli import tokens
+from roundtrip import start_gateway  # the same gateway subprocess, started alike
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
@@ -100,22 +100,6 @@ class Wire:
         await self.send(type="eval", session=session, code=code)
         await self.until(session, done, timeout=300)
         return failed
-
-
-async def start_gateway() -> tuple[asyncio.subprocess.Process, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "beambridge.cli", "serve", "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    assert process.stdout is not None
-    token = ""
-    async with asyncio.timeout(300):
-        while line := (await process.stdout.readline()).decode():
-            if line.startswith("token: "):
-                token = line.split(": ", 1)[1].strip()
-            if line.startswith("listening on "):
-                return process, line.split()[-1], token
-    raise RuntimeError("gateway did not start")
 
 
 # -- cancel ------------------------------------------------------------------
