@@ -28,25 +28,29 @@ defmodule NodeBench do
     hundred = throughput(100, 200)
 
     rows = [
-      {"bare Code.eval_quoted (µs/fragment)", bare},
-      {"session: split + evaluate + events (µs/fragment)", session},
-      {"overhead (µs/fragment)", session - bare},
-      {"session with the sandbox off (µs/fragment)", unchecked},
-      {"sandbox cost: policy parse + check (µs/fragment)", session - unchecked},
-      {"fragments/s, 1 session", one},
-      {"fragments/s, 100 sessions", hundred}
+      {"bare Code.eval_quoted", bare},
+      {"session: split + sandbox + evaluate + events", session},
+      {"overhead", diff(session, bare)},
+      {"session with the sandbox off", unchecked},
+      {"sandbox cost: policy parse + check", diff(session, unchecked)}
     ]
 
     IO.puts("\nbeambridge node benchmark (#{System.schedulers_online()} schedulers)\n")
-    for {name, value} <- rows, do: IO.puts(String.pad_trailing(name, 54) <> format(value))
+    IO.puts(String.pad_trailing("µs per fragment", 48) <> "   median      mean")
+
+    for {name, %{median: median, mean: mean}} <- rows do
+      IO.puts(String.pad_trailing(name, 48) <> pad(median) <> pad(mean))
+    end
+
+    IO.puts("\nfragments/s, 1 session: #{round(one)}; 100 sessions: #{round(hundred)}")
 
     write_json(%{
       bare_eval_us: bare,
       session_fragment_us: session,
-      overhead_us: session - bare,
+      overhead_us: diff(session, bare),
       overhead_goal_us: 50,
       session_fragment_unsandboxed_us: unchecked,
-      sandbox_us: session - unchecked,
+      sandbox_us: diff(session, unchecked),
       fragments_per_s_1_session: one,
       fragments_per_s_100_sessions: hundred,
       schedulers: System.schedulers_online(),
@@ -60,29 +64,35 @@ defmodule NodeBench do
   defp bare_us do
     binding = [x: 0]
     env = Code.env_for_eval([])
-
-    for _ <- 1..@warmup do
-      Code.eval_quoted_with_env(Code.string_to_quoted!(@code), binding, env)
-    end
-
-    {us, _} =
-      :timer.tc(fn ->
-        for _ <- 1..@calls do
-          Code.eval_quoted_with_env(Code.string_to_quoted!(@code), binding, env)
-        end
-      end)
-
-    us / @calls
+    timed(fn -> Code.eval_quoted_with_env(Code.string_to_quoted!(@code), binding, env) end)
   end
 
   # One `eval` request at a time, each awaited up to its `done` event; all
   # limits are on either way, `sandbox` adds the policy.
   defp session_us(sandbox) do
     pid = open(sandbox)
-    for _ <- 1..@warmup, do: eval_and_wait(pid)
-    {us, _} = :timer.tc(fn -> for _ <- 1..@calls, do: eval_and_wait(pid) end)
-    us / @calls
+    timed(fn -> eval_and_wait(pid) end)
   end
+
+  # Each call timed on its own: the median resists the pauses of a shared
+  # machine, the mean shows them.
+  defp timed(fun) do
+    for _ <- 1..@warmup, do: fun.()
+
+    samples =
+      for _ <- 1..@calls do
+        started = System.monotonic_time(:nanosecond)
+        fun.()
+        System.monotonic_time(:nanosecond) - started
+      end
+
+    sorted = Enum.sort(samples)
+    %{median: Enum.at(sorted, div(@calls, 2)) / 1000, mean: Enum.sum(samples) / @calls / 1000}
+  end
+
+  defp diff(a, b), do: %{median: a.median - b.median, mean: a.mean - b.mean}
+
+  defp pad(value), do: String.pad_leading(:erlang.float_to_binary(value / 1, decimals: 1), 9)
 
   # `sessions` sessions, each sent `per_session` fragments at once; the rate
   # counts fragments whose results arrived.
@@ -119,9 +129,6 @@ defmodule NodeBench do
     end
   end
 
-  defp format(value) when value >= 1000, do: value |> round() |> Integer.to_string()
-  defp format(value), do: :erlang.float_to_binary(value / 1, decimals: 1)
-
   defp write_json(map) do
     dir = Path.join(__DIR__, "results")
     File.mkdir_p!(dir)
@@ -134,6 +141,9 @@ defmodule NodeBench do
     File.write!(Path.join(dir, "node.json"), "{\n" <> body <> "\n}\n")
     IO.puts("\nwrote #{Path.join(dir, "node.json")}")
   end
+
+  defp json(%{median: median, mean: mean}),
+    do: ~s({"median": #{json(median / 1)}, "mean": #{json(mean / 1)}})
 
   defp json(v) when is_binary(v), do: inspect(v)
   defp json(v) when is_float(v), do: :erlang.float_to_binary(v, decimals: 2)

@@ -35,6 +35,7 @@ defmodule BeamBridge.Evaluator do
   # passes); past that it is refused. This default serves direct calls.
   @max_context_nodes 32 * 1024 * 1024
   @shown_nodes 20_000
+  @min_heap_words 8192
 
   @typedoc """
   Bindings, env and the policy's scope (`nil` when the sandbox is off):
@@ -77,7 +78,14 @@ defmodule BeamBridge.Evaluator do
           opts = [trace: trace, max_context_nodes: heap_words]
           IOProxy.finish(proxy, run(code, line, context, opts))
         end,
-        [:monitor, max_heap_size: %{size: heap_words, kill: true, error_logger: false}]
+        # A fresh process starts with a tiny heap and would collect garbage
+        # several times while parsing and checking even a one-line fragment;
+        # starting at 64 KiB halves the evaluation's cost.
+        [
+          :monitor,
+          min_heap_size: @min_heap_words,
+          max_heap_size: %{size: heap_words, kill: true, error_logger: false}
+        ]
       )
 
     %{pid: pid, proxy: proxy, ref: ref, monitor: monitor}
