@@ -8,6 +8,7 @@ defmodule BeamBridge.MixProject do
       elixir: "~> 1.14",
       start_permanent: Mix.env() == :prod,
       deps: [],
+      elixirc_paths: if(Mix.env() == :test, do: ["lib", "test/support"], else: ["lib"]),
       releases: [beam_bridge: [include_executables_for: [:unix]]]
     ]
   end

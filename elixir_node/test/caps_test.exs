@@ -1,23 +1,12 @@
 defmodule BeamBridge.CapsTest do
   use ExUnit.Case, async: true
 
+  import BeamBridge.SessionHelpers
   alias BeamBridge.Session
 
   defp open(caps) do
-    id = "caps-#{System.unique_integer([:positive])}"
-    {:ok, pid} = Session.start(id, owner: self(), caps: caps)
-    assert_receive {:bridge_event, %{type: :opened}}
+    {_id, pid} = open_session(%{}, caps: caps)
     pid
-  end
-
-  defp eval(pid, code) do
-    Session.request(pid, {:eval, code})
-    collect()
-  end
-
-  defp collect(acc \\ []) do
-    assert_receive {:bridge_event, event}, 5_000
-    if event.type == :done, do: Enum.reverse([event | acc]), else: collect([event | acc])
   end
 
   test "a chunk that would overfill the pending buffer is refused; what was accepted stays" do
@@ -30,7 +19,7 @@ defmodule BeamBridge.CapsTest do
     Session.request(pid, :end)
 
     assert [%{type: :fragment, code: "x = [1,\n 2, 3]"}, %{type: :result, value: "[1, 2, 3]"}, _] =
-             collect()
+             collect(&(&1.type == :done))
   end
 
   test "a chunk is refused while the queue holds its most fragments" do

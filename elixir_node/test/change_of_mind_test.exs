@@ -1,27 +1,10 @@
 defmodule BeamBridge.ChangeOfMindTest do
   use ExUnit.Case, async: true
 
+  import BeamBridge.SessionHelpers
   alias BeamBridge.Session
 
-  defp open(options \\ %{}, opts \\ []) do
-    id = "com-#{System.unique_integer([:positive])}"
-    {:ok, pid} = Session.start(id, [owner: self(), options: options] ++ opts)
-    assert_receive {:bridge_event, %{type: :opened, session: ^id}}
-    {id, pid}
-  end
-
-  defp eval(pid, code) do
-    Session.request(pid, {:eval, code})
-    collect(&(&1.type == :done))
-  end
-
-  defp collect(stop?, acc \\ []) do
-    assert_receive {:bridge_event, event}, 5_000
-    if stop?.(event), do: Enum.reverse([event | acc]), else: collect(stop?, [event | acc])
-  end
-
-  defp results(events), do: for(%{type: :result} = r <- events, do: r)
-  defp value(pid, code), do: hd(results(eval(pid, code))).value
+  defp open(options \\ %{}, opts \\ []), do: open_session(options, opts)
 
   describe "cancel" do
     test "kills a busy loop at once; the session goes on with its context" do

@@ -1,32 +1,10 @@
 defmodule BeamBridge.SessionTest do
   use ExUnit.Case, async: true
 
+  import BeamBridge.SessionHelpers
   alias BeamBridge.Session
 
-  # Opens a session owned by the test process; events arrive as messages.
-  defp open(options \\ %{}, opts \\ []) do
-    id = "t-#{System.unique_integer([:positive])}"
-    {:ok, pid} = Session.start(id, [owner: self(), options: options] ++ opts)
-    assert_receive {:bridge_event, %{type: :opened, session: ^id}}
-    {id, pid}
-  end
-
-  defp eval(pid, code) do
-    Session.request(pid, {:eval, code})
-    collect_block()
-  end
-
-  # All events up to and including the block's `done`.
-  defp collect_block(acc \\ []) do
-    assert_receive {:bridge_event, event}, 5_000
-
-    case event.type do
-      :done -> Enum.reverse([event | acc])
-      _ -> collect_block([event | acc])
-    end
-  end
-
-  defp results(events), do: for(%{type: :result} = r <- events, do: r)
+  defp open(options \\ %{}, opts \\ []), do: open_session(options, opts)
 
   describe "evaluation" do
     test "carries bindings across fragments and blocks" do
