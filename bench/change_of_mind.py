@@ -219,9 +219,12 @@ async def collect(
 # early has something to hide; demo.exs fragments take a fraction of one.
 COMPUTE = """\
 limit = 30_000
-primes = Enum.filter(2..limit, fn n -> Enum.all?(2..max(2, trunc(:math.sqrt(n))), &(&1 == n or rem(n, &1) != 0)) end)
-twins = primes |> Enum.chunk_every(2, 1, :discard) |> Enum.count(fn [a, b] -> b - a == 2 end)
-gaps = primes |> Enum.chunk_every(2, 1, :discard) |> Enum.map(fn [a, b] -> b - a end) |> Enum.frequencies()
+primes = Enum.filter(2..limit, fn n ->
+  Enum.all?(2..max(2, trunc(:math.sqrt(n))), &(&1 == n or rem(n, &1) != 0))
+end)
+pairs = Enum.chunk_every(primes, 2, 1, :discard)
+twins = Enum.count(pairs, fn [a, b] -> b - a == 2 end)
+gaps = pairs |> Enum.map(fn [a, b] -> b - a end) |> Enum.frequencies()
 digits = Enum.map(primes, fn p -> p |> Integer.digits() |> Enum.sum() end)
 IO.puts("#{length(primes)} primes, #{twins} twin pairs, #{map_size(gaps)} gap sizes")
 Enum.max(digits)

@@ -45,7 +45,8 @@ def main() -> None:
 
     model = engine.load_model()
     iterations = lengths[-1] // 100 + 10
-    src = f"Enum.reduce(1..{iterations}, 0, fn i, acc -> if rem(i, 3) == 0 do acc - i else acc + 2 * i end end)"
+    body = "if rem(i, 3) == 0 do acc - i else acc + 2 * i end"
+    src = f"Enum.reduce(1..{iterations}, 0, fn i, acc -> {body} end)"
     program = lower(elixir_parse(src), {})
     want = vm.run(program).trace
     prompt = encode_program(program)
@@ -93,13 +94,19 @@ def main() -> None:
 
 
 def _report(rows: list[dict]) -> None:
-    head = "| trace tokens | hull tok/s | hull steps/s | hull µs/tok | naive tok/s | naive steps/s | naive µs/tok | KV B/tok | hull B/tok |"
-    print(head)
+    columns = [
+        "trace tokens", "hull tok/s", "hull steps/s", "hull µs/tok", "naive tok/s",
+        "naive steps/s", "naive µs/tok", "KV B/tok", "hull B/tok",
+    ]  # fmt: skip
+    print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * 9)
     for r in rows:
         print("| " + " | ".join(str(v) for v in r.values()) + " |")
     OUT.parent.mkdir(exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "python": platform.python_version()}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
     OUT.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
 
 

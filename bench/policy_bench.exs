@@ -44,7 +44,14 @@ rows =
     plain = measure.(fn -> Code.string_to_quoted!(code) end)
     parse = measure.(fn -> Policy.parse(code, 1, scope) end)
     check = measure.(fn -> {:ok, _, _, _} = Policy.check(quoted, env, parsed_scope) end)
-    %{fragment: name, bytes: byte_size(code), plain_parse_us: plain, parse_us: parse, check_us: check}
+
+    %{
+      fragment: name,
+      bytes: byte_size(code),
+      plain_parse_us: plain,
+      parse_us: parse,
+      check_us: check
+    }
   end
 
 IO.puts(

@@ -343,11 +343,14 @@ def show(results: dict[str, Any]) -> None:
             )
     tp = results["throughput"]
     print(
-        f"\nthroughput: {tp['fragments_per_s']:,.0f} fragments/s ({tp['fragments']} fragments, {tp['sessions']} sessions, {tp['seconds']:.2f}s)"
+        f"\nthroughput: {tp['fragments_per_s']:,.0f} fragments/s "
+        f"({tp['fragments']} fragments, {tp['sessions']} sessions, "
+        f"{tp['seconds']:.2f}s)"
     )
     m = results["machine"]
     print(
-        f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, OTP {m['otp']}"
+        f"\nmachine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"Python {m['python']}, OTP {m['otp']}"
     )
 
 

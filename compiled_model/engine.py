@@ -58,7 +58,9 @@ def load_model() -> Model:
         return _model
 
 
-def decode(model: Model, prompt: list[int], max_tokens: int, cache: str = "hull") -> list[int]:
+def decode(
+    model: Model, prompt: list[int], max_tokens: int, cache: str = "hull"
+) -> list[int]:
     """Greedy decoding: returns the generated ids, ending at an end token."""
     kv = HullCache(model.config) if cache == "hull" else NaiveCache(model.config)
     nxt = 0

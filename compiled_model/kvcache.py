@@ -25,20 +25,29 @@ class _Store:
     def __init__(self, config: Config, capacity: int = 1024) -> None:
         self.n = [0] * config.n_layers
         self.keys = [np.zeros((capacity, h, 2)) for h in config.n_heads]
-        self.values = [np.zeros((capacity, h, dv)) for h, dv in zip(config.n_heads, config.d_value)]
+        self.values = [
+            np.zeros((capacity, h, dv)) for h, dv in zip(config.n_heads, config.d_value)
+        ]
 
     def put(self, layer: int, keys: np.ndarray, values: np.ndarray) -> int:
         t = self.n[layer]
         if t == len(self.keys[layer]):
-            self.keys[layer] = np.concatenate([self.keys[layer], np.zeros_like(self.keys[layer])])
-            self.values[layer] = np.concatenate([self.values[layer], np.zeros_like(self.values[layer])])
+            self.keys[layer] = np.concatenate(
+                [self.keys[layer], np.zeros_like(self.keys[layer])]
+            )
+            self.values[layer] = np.concatenate(
+                [self.values[layer], np.zeros_like(self.values[layer])]
+            )
         self.keys[layer][t] = keys
         self.values[layer][t] = values
         self.n[layer] = t + 1
         return t
 
     def nbytes(self) -> int:
-        return sum(k[:n].nbytes + v[:n].nbytes for k, v, n in zip(self.keys, self.values, self.n))
+        return sum(
+            k[:n].nbytes + v[:n].nbytes
+            for k, v, n in zip(self.keys, self.values, self.n)
+        )
 
 
 class NaiveCache(_Store):

@@ -221,7 +221,9 @@ class _Lowerer:
         scope.names[target.form.name] = (slot, kind)
         return kind
 
-    def operands(self, args: list[Any], scope: _Scope, parent: Call, kinds: tuple[str, str]) -> int:
+    def operands(
+        self, args: list[Any], scope: _Scope, parent: Call, kinds: tuple[str, str]
+    ) -> int:
         self.typed(args[0], scope, kinds[0], parent)
         left = self.spill()
         self.typed(args[1], scope, kinds[1], parent)
@@ -229,7 +231,14 @@ class _Lowerer:
         self.emit("LOAD", left)
         return right
 
-    def binary(self, op: str, args: list[Any], scope: _Scope, node: Call, kinds: tuple[str, str]) -> str:
+    def binary(
+        self,
+        op: str,
+        args: list[Any],
+        scope: _Scope,
+        node: Call,
+        kinds: tuple[str, str],
+    ) -> str:
         right = self.operands(args, scope, node, kinds)
         self.line = node.line + self.offset
         self.emit(op, right)
@@ -265,9 +274,7 @@ class _Lowerer:
         kind = self.expr(args[0], scope)
         left = self.spill()
         if self.expr(args[1], scope) != kind:
-            raise self.unsupported(
-                f"{node.form.name} between an int and a bool", node
-            )
+            raise self.unsupported(f"{node.form.name} between an int and a bool", node)
         right = self.spill()
         self.emit("LOAD", left)
         self.emit(op, right)
@@ -317,10 +324,14 @@ class _Lowerer:
             and isinstance(rng.args, list)
             and len(rng.args) == 2
         ):
-            raise self.unsupported("Enum.reduce/3 over anything but a literal a..b range", node)
+            raise self.unsupported(
+                "Enum.reduce/3 over anything but a literal a..b range", node
+            )
         params, body = _two_arg_fn(fun)
         if params is None:
-            raise self.unsupported("Enum.reduce/3 with anything but fn x, acc -> ... end", node)
+            raise self.unsupported(
+                "Enum.reduce/3 with anything but fn x, acc -> ... end", node
+            )
         self.typed(rng.args[0], scope, "int", rng)
         lo = self.spill()
         self.typed(rng.args[1], scope, "int", rng)
@@ -346,7 +357,9 @@ class _Lowerer:
             if not param.form.name.startswith("_"):
                 inner.names[param.form.name] = (slot, ptype)
         if self.expr(body, inner) != kind:
-            raise self.unsupported("Enum.reduce/3 whose fn changes the accumulator's type", node)
+            raise self.unsupported(
+                "Enum.reduce/3 whose fn changes the accumulator's type", node
+            )
         self.emit("STORE", acc)
         self.emit("LOAD", index)
         self.emit("EQ", hi)

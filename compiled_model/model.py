@@ -45,7 +45,10 @@ class Cache(Protocol):
 class Model:
     def __init__(self, config: Config, weights: dict[str, np.ndarray]) -> None:
         self.config = config
-        self.w = {name: np.ascontiguousarray(t, dtype=np.float64) for name, t in weights.items()}
+        self.w = {
+            name: np.ascontiguousarray(t, dtype=np.float64)
+            for name, t in weights.items()
+        }
         self._check_shapes()
 
     def _check_shapes(self) -> None:
@@ -94,5 +97,7 @@ class Model:
     @classmethod
     def load(cls, folder: Path) -> Model:
         raw = json.loads((folder / "config.json").read_text())
-        config = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        config = Config(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        )
         return cls(config, load_file(str(folder / "weights.safetensors")))

@@ -1,7 +1,7 @@
 """The compiler: accumulator machine -> graph -> weights, one pass per file.
 
-    circuit.build_graph()  what every position computes (graph.py, gadgets.py)
-    emit.emit(graph)       zeroed tensors with each node written in its slot
+circuit.build_graph()  what every position computes (graph.py, gadgets.py)
+emit.emit(graph)       zeroed tensors with each node written in its slot
 """
 
 from __future__ import annotations

@@ -44,11 +44,15 @@ def _features(g: Graph) -> dict[str, Lin]:
     f["one"] = g.embed("one", lambda t: 1.0)
     f["is_head"] = g.embed("is_head", lambda t: float(t.startswith(("op:", "pc:"))))
     f["is_pc"] = g.embed("is_pc", lambda t: float(t.startswith("pc:")))
-    f["pcval"] = g.embed("pcval", lambda t: float(t[3:]) if t.startswith("pc:") else 0.0)
+    f["pcval"] = g.embed(
+        "pcval", lambda t: float(t[3:]) if t.startswith("pc:") else 0.0
+    )
     for op in OPS:
         f[op] = g.embed(f"op={op}", lambda t, op=op: float(t == f"op:{op}"))
     f["is_d0"] = g.embed("is_d0", lambda t: float(t.startswith("d0:")))
-    f["pv"] = g.embed("pv", lambda t: float(d[1] * 16 ** d[0]) if (d := _digit(t)) else 0.0)
+    f["pv"] = g.embed(
+        "pv", lambda t: float(d[1] * 16 ** d[0]) if (d := _digit(t)) else 0.0
+    )
     f["sgn"] = g.embed("sgn", lambda t: {"+": 1.0, "-": -1.0}.get(t, 0.0))
 
     def mask(t: str, j: int) -> float:
@@ -91,7 +95,9 @@ def build_graph() -> Graph:
     pos, pos2 = g.positions()
 
     # Layer 1: group head and the eight previous positions.
-    head_vals = [("pc", f["pcval"]), ("is_pc", f["is_pc"])] + [(op, f[op]) for op in OPS]
+    head_vals = [("pc", f["pcval"]), ("is_pc", f["is_pc"])] + [
+        (op, f[op]) for op in OPS
+    ]
     hd = g.attend(
         "head",
         (Lin(), one),
@@ -103,7 +109,9 @@ def build_graph() -> Graph:
     for j in range(1, 9):
         value = ("sgn", f["sgn"]) if j == 8 else ("pv", f["pv"])
         rel[j] = g.attend(f"rel{j}", (pos - j * one, one), (2 * pos, -pos2), [value])[0]
-    qhigh = f["pv"] + g.reglu("qhigh", [(1.0, rel[j], f[f"qmask{j}"]) for j in range(1, 7)])
+    qhigh = f["pv"] + g.reglu(
+        "qhigh", [(1.0, rel[j], f[f"qmask{j}"]) for j in range(1, 7)]
+    )
     absasm = f["pv"]
     for j in range(1, 8):
         absasm = absasm + rel[j]
@@ -114,11 +122,19 @@ def build_graph() -> Graph:
     fetched = g.attend(
         "fetch",
         (10 * h_pc, one),
-        (2 * at, -pos2 + 20 * pos - 100 * one - BIG_FETCH * one + BIG_FETCH * f["is_d0"]),
+        (
+            2 * at,
+            -pos2 + 20 * pos - 100 * one - BIG_FETCH * one + BIG_FETCH * f["is_d0"],
+        ),
         [(op, h_op[op]) for op in OPS] + [("arg", asm)],
     )
     o, arg = dict(zip(OPS, fetched[:-1])), fetched[-1]
-    acc = g.attend("acc", (Lin(), one), (Lin(), pos - BIG_POS * one + BIG_POS * f["is_d0"]), [("asm", asm)])[0]
+    acc = g.attend(
+        "acc",
+        (Lin(), one),
+        (Lin(), pos - BIG_POS * one + BIG_POS * f["is_d0"]),
+        [("asm", asm)],
+    )[0]
 
     # 1 at the d0 of a STORE step, <= 0 anywhere else.
     writes = o["STORE"] + h_ispc + f["is_d0"] - 2 * one
@@ -132,7 +148,10 @@ def build_graph() -> Graph:
     mem = g.attend(
         "mem",
         (arg, one),
-        (2 * aeff - 2 * SENTINEL * one, -(SENTINEL**2) * one + SENTINEL**2 * flag - asq + RECENCY * pos),
+        (
+            2 * aeff - 2 * SENTINEL * one,
+            -(SENTINEL**2) * one + SENTINEL**2 * flag - asq + RECENCY * pos,
+        ),
         [("value", asm)],
     )[0]
     a, b = acc, mem
@@ -158,7 +177,11 @@ def build_graph() -> Graph:
     terms += [(-c, gt, up) for c, gt, up in eq0_terms(one, a - b, off("NE"))]
     v = g.reglu("v", terms)
     jump = arg - h_pc - one
-    npc = h_pc + one + g.reglu("jump", [(1.0, jump, o["JMP"]), (1.0, jump, o["JZ"] + is_zero - one)])
+    npc = (
+        h_pc
+        + one
+        + g.reglu("jump", [(1.0, jump, o["JMP"]), (1.0, jump, o["JZ"] + is_zero - one)])
+    )
     div0 = g.reglu("div0", eq0_terms(one, b, off("DIV")))
     abs_a = g.reglu("|a|", [(1.0, one, a - off("DIV")), (1.0, one, -a - off("DIV"))])
     abs_b = g.reglu("|b|", [(1.0, one, b - off("DIV")), (1.0, one, -b - off("DIV"))])
@@ -180,10 +203,18 @@ def build_graph() -> Graph:
     # Layer 5: scale the divisor to this digit's place; clamp overflow.
     scaled = g.reglu("S", [(1.0, divisor, f["place"])])
     taken = g.reglu("D*qhigh", [(1.0, divisor, qhigh)])
-    ovf = 2 * one - relu(g, "~hi", one, one - over_hi) - relu(g, "~lo", one, one - over_lo) + ovf_div
+    ovf = (
+        2 * one
+        - relu(g, "~hi", one, one - over_hi)
+        - relu(g, "~lo", one, one - over_lo)
+        + ovf_div
+    )
     q_neg = g.reglu(
         "q<0",
-        [(1.0, one, a_neg - b_neg + nonzero_q - one), (1.0, one, b_neg - a_neg + nonzero_q - one)],
+        [
+            (1.0, one, a_neg - b_neg + nonzero_q - one),
+            (1.0, one, b_neg - a_neg + nonzero_q - one),
+        ],
     )
 
     # Layer 6: one digit of the long division; the status token.

@@ -53,7 +53,11 @@ def emit(g: Graph) -> tuple[Config, dict[str, np.ndarray]]:
             w.update({f"l{i}.wq": wq, f"l{i}.wk": wk, f"l{i}.wv": wv, f"l{i}.wo": wo})
         units = [u for u in g.units if u.layer == layer]
         if units:
-            wg, wu, wd = np.zeros((d, len(units))), np.zeros((d, len(units))), np.zeros((len(units), d))
+            wg, wu, wd = (
+                np.zeros((d, len(units))),
+                np.zeros((d, len(units))),
+                np.zeros((len(units), d)),
+            )
             for n, unit in enumerate(units):
                 wg[:, n] = _column(unit.gate, d)
                 wu[:, n] = _column(unit.up, d)
@@ -64,6 +68,8 @@ def emit(g: Graph) -> tuple[Config, dict[str, np.ndarray]]:
         d_mlp.append(len(units))
 
     ids = np.arange(len(vocab), dtype=np.float64)
-    w["unembed"] = np.outer(_column(g.out, d), 2 * ids) - np.outer(_column(g.one, d), ids * ids)
+    w["unembed"] = np.outer(_column(g.out, d), 2 * ids) - np.outer(
+        _column(g.one, d), ids * ids
+    )
     config = Config(len(vocab), d, tuple(n_heads), tuple(d_value), tuple(d_mlp))
     return config, w

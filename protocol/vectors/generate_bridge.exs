@@ -11,8 +11,10 @@
 
 vectors = [
   {"hello", ~S|%{type: :hello, version: 1, secret: "s3cret"}|},
-  {"welcome", ~S|%{type: :welcome, version: 1, node: "beam_bridge@host", max_frame_bytes: 8388608}|},
-  {"open", ~S|%{type: :open, session: "s1", options: %{on_error: :halt, trace: false, limits: %{timeout_ms: 1000}}}|},
+  {"welcome",
+   ~S|%{type: :welcome, version: 1, node: "beam_bridge@host", max_frame_bytes: 8388608}|},
+  {"open",
+   ~S|%{type: :open, session: "s1", options: %{on_error: :halt, trace: false, limits: %{timeout_ms: 1000}}}|},
   {"chunk", ~S|%{type: :chunk, session: "s1", text: "x = 1\ny = é"}|},
   {"end", ~S|%{type: :end, session: "s1"}|},
   {"eval", ~S|%{type: :eval, session: "s1", code: "1 + 1"}|},
@@ -25,13 +27,17 @@ vectors = [
   {"opened", ~S|%{type: :opened, session: "s2", forked_from: "s1", at: 1}|},
   {"fragment", ~S|%{type: :fragment, session: "s1", index: 1, code: "x = 1", line: 1}|},
   {"output", ~S|%{type: :output, session: "s1", index: 1, text: "hi\n"}|},
-  {"result_ok", ~S|%{type: :result, session: "s1", index: 1, ok: true, elapsed_us: 12, value: "%{\"a\" => [1, 2.5, nil]}", data: %{"a" => [1, 2.5, nil]}}|},
-  {"result_big_integer", ~S|%{type: :result, session: "s1", index: 2, ok: true, elapsed_us: 3, value: "-36893488147419103232", data: -36893488147419103232}|},
-  {"result_error", ~S|%{type: :result, session: "s1", index: 3, ok: false, elapsed_us: 40, error: %{kind: "ArithmeticError", message: "bad argument in arithmetic expression", line: 2}}|},
+  {"result_ok",
+   ~S|%{type: :result, session: "s1", index: 1, ok: true, elapsed_us: 12, value: "%{\"a\" => [1, 2.5, nil]}", data: %{"a" => [1, 2.5, nil]}}|},
+  {"result_big_integer",
+   ~S|%{type: :result, session: "s1", index: 2, ok: true, elapsed_us: 3, value: "-36893488147419103232", data: -36893488147419103232}|},
+  {"result_error",
+   ~S|%{type: :result, session: "s1", index: 3, ok: false, elapsed_us: 40, error: %{kind: "ArithmeticError", message: "bad argument in arithmetic expression", line: 2}}|},
   {"done", ~S|%{type: :done, session: "s1", fragments: 3, errors: 1}|},
   {"rewound", ~S|%{type: :rewound, session: "s1", to: 0}|},
   {"closed", ~S|%{type: :closed, session: "s1"}|},
-  {"error", ~S|%{type: :error, code: :unknown_session, message: "no session \"s9\" on this connection", session: "s9"}|}
+  {"error",
+   ~S|%{type: :error, code: :unknown_session, message: "no session \"s9\" on this connection", session: "s9"}|}
 ]
 
 defmodule TaggedJSON do
@@ -45,7 +51,9 @@ defmodule TaggedJSON do
   def encode(list) when is_list(list), do: "[" <> Enum.map_join(list, ", ", &encode/1) <> "]"
 
   def encode(map) when is_map(map) do
-    pairs = map |> Enum.sort() |> Enum.map_join(", ", fn {k, v} -> "[#{encode(k)}, #{encode(v)}]" end)
+    pairs =
+      map |> Enum.sort() |> Enum.map_join(", ", fn {k, v} -> "[#{encode(k)}, #{encode(v)}]" end)
+
     ~s({"map": [#{pairs}]})
   end
 

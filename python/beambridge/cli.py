@@ -478,7 +478,8 @@ def _cancel_on_output(
 
 def _show(console: Console, report: _Report, event: Event, echo: bool) -> None:
     now = time.perf_counter()
-    where = f"[dim]+{now - report.started:5.2f}s {report.sent_chars():5d}/{len(report.text)} sent[/] "
+    sent = f"{report.sent_chars():5d}/{len(report.text)}"
+    where = f"[dim]+{now - report.started:5.2f}s {sent} sent[/] "
     pad = "       ⮑ " if echo else where
     if isinstance(event, Fragment):
         report.fragments[event.index] = (event, now)
@@ -503,7 +504,8 @@ def _show(console: Console, report: _Report, event: Event, echo: bool) -> None:
         if event.ok:
             value = escape(event.value or "")
             console.print(
-                f"{pad}[green]#{event.index} ✓ {value}[/] [dim]({event.elapsed_us} µs)[/]{dropped}"
+                f"{pad}[green]#{event.index} ✓ {value}[/] "
+                f"[dim]({event.elapsed_us} µs)[/]{dropped}"
             )
         else:
             assert event.error is not None

@@ -12,6 +12,7 @@ and ``/metrics`` share the websocket port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import json
@@ -490,10 +491,9 @@ class _Connection:
             if s.lost or s.closing:
                 continue
             s.closing = True
-            try:
+            # When the node went away too, its sessions went with it.
+            with contextlib.suppress(NodeUnavailable):
                 s.link.send(etf.message("close", session=s.id))
-            except NodeUnavailable:
-                pass  # the node went away too; its sessions went with it
 
 
 class _Session:

@@ -12,6 +12,7 @@ links and places new sessions on the least-loaded connected node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import socket
@@ -295,10 +296,9 @@ class BeamLink:
             raise HandshakeError(str(code), str(message))
         sock = protocol.transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            # A Unix socket has no Nagle delay to disable.
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass  # not TCP (a Unix socket): nothing to disable
         self.node = str(welcome.get("node"))
         self._protocol = protocol
         self._connected.set()

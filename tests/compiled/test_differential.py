@@ -20,8 +20,13 @@ HAND_WRITTEN: list[list[str]] = [
     ["if 0 do 1 else 2 end", "if 3 > 2 and 4 > 3 do 7 else 8 end"],
     ["Enum.reduce(1..10, 0, fn i, acc -> acc + i end)"],
     ["Enum.reduce(5..1, 0, fn i, acc -> acc * 10 + i end)"],
-    ["Enum.reduce(3..3, 7, fn i, acc -> acc - i end)", "Enum.reduce(1..0, 100, fn i, acc -> acc - i end)"],
-    ["Enum.reduce(-3..2, 1, fn i, acc -> if rem(i, 2) == 0 do acc * 2 else acc + i end end)"],
+    [
+        "Enum.reduce(3..3, 7, fn i, acc -> acc - i end)",
+        "Enum.reduce(1..0, 100, fn i, acc -> acc - i end)",
+    ],
+    [
+        "Enum.reduce(-3..2, 1, fn i, acc -> if rem(i, 2) == 0 do acc * 2 else acc + i end end)"
+    ],
     ["n = 4", "Enum.reduce(1..n, 1, fn i, acc -> acc * i end)", "n"],
     ["x = 1", "Enum.reduce(1..3, 0, fn i, acc -> x = x + i\nacc + x end)", "x"],
     ["x = 10\nif x > 5 do\n  x = x * 2\n  x + 1\nelse\n  0\nend", "x"],
@@ -84,7 +89,9 @@ def test_vm_matches_elixir_on_generated_programs() -> None:
         ("Enum.reduce(1..3//1, 0, fn i, a -> a + i end)", "literal a..b range"),
     ],
 )
-def test_unsupported_constructs_are_named_before_running(fragment: str, construct: str) -> None:
+def test_unsupported_constructs_are_named_before_running(
+    fragment: str, construct: str
+) -> None:
     """Constructs outside the subset fail with a message naming them."""
     result = vm_session().run(fragment)
     assert not result.ok and result.error["kind"] == "unsupported"

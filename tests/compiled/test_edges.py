@@ -15,11 +15,42 @@ EDGE_SESSIONS: list[list[str]] = [
     [f"div({a}, {b})" for a, b in SIGNS],
     [f"rem({a}, {b})" for a, b in SIGNS],
     ["div(5, 0)", "rem(-5, 0)", "div(0, 0)", "x = 4", "div(x, x - 4)", "x"],
-    ["2147483647", "-2147483648", "2147483646 + 1", "-2147483647 - 1", "div(-2147483648, 1)", "rem(-2147483648, -1)", "46340 * 46340", "-65536 * 32768"],
-    ["2147483647 + 1", "-2147483648 - 1", "65536 * 32768", "-(-2147483648)", "div(-2147483648, -1)", "2147483647 * -2147483648"],
-    ["Enum.reduce(0..0, 5, fn i, acc -> acc + i end)", "Enum.reduce(3..-3, 0, fn i, acc -> acc * 2 + i end)", "Enum.reduce(1..0, 9, fn _i, acc -> acc - 1 end)"],
-    ["if 1 > 0 do if 2 > 3 do 1 else if false do 2 else 3 end end else 4 end", "if not (1 == 1) do 1 else if 2 != 2 or true do 5 else 6 end end"],
-    ["x = 1", "x = x + 1\nx = x * 10\nx", "y = if x > 5 do\n  x = 0\n  x - 1\nelse\n  x\nend", "x", "Enum.reduce(1..3, 0, fn x, acc -> acc + x end)", "x", "y"],
+    [
+        "2147483647",
+        "-2147483648",
+        "2147483646 + 1",
+        "-2147483647 - 1",
+        "div(-2147483648, 1)",
+        "rem(-2147483648, -1)",
+        "46340 * 46340",
+        "-65536 * 32768",
+    ],
+    [
+        "2147483647 + 1",
+        "-2147483648 - 1",
+        "65536 * 32768",
+        "-(-2147483648)",
+        "div(-2147483648, -1)",
+        "2147483647 * -2147483648",
+    ],
+    [
+        "Enum.reduce(0..0, 5, fn i, acc -> acc + i end)",
+        "Enum.reduce(3..-3, 0, fn i, acc -> acc * 2 + i end)",
+        "Enum.reduce(1..0, 9, fn _i, acc -> acc - 1 end)",
+    ],
+    [
+        "if 1 > 0 do if 2 > 3 do 1 else if false do 2 else 3 end end else 4 end",
+        "if not (1 == 1) do 1 else if 2 != 2 or true do 5 else 6 end end",
+    ],
+    [
+        "x = 1",
+        "x = x + 1\nx = x * 10\nx",
+        "y = if x > 5 do\n  x = 0\n  x - 1\nelse\n  x\nend",
+        "x",
+        "Enum.reduce(1..3, 0, fn x, acc -> acc + x end)",
+        "x",
+        "y",
+    ],
 ]
 
 
@@ -29,7 +60,9 @@ def elixir() -> list[list[str]]:
 
 
 @pytest.mark.parametrize("index", range(len(EDGE_SESSIONS)))
-def test_edge_cases_on_the_model_agree_with_elixir(index: int, elixir: list[list[str]]) -> None:
+def test_edge_cases_on_the_model_agree_with_elixir(
+    index: int, elixir: list[list[str]]
+) -> None:
     """Signs of div/rem, zero divisors, 32-bit bounds, ranges, nested ifs and
     shadowing: the model's outcome is Elixir's, except that past 32 bits it
     says unsupported where Elixir has a bignum."""
@@ -50,7 +83,11 @@ def test_session_carries_bindings_and_forks_independently() -> None:
     s = CompiledSession()
     assert s.run("a = 6\nb = a * 7").value == "42"
     failed = s.run("a = div(b, 0)", line=3)
-    assert failed.error == {"kind": "ArithmeticError", "message": "bad argument in arithmetic expression", "line": 3}
+    assert failed.error == {
+        "kind": "ArithmeticError",
+        "message": "bad argument in arithmetic expression",
+        "line": 3,
+    }
     fork = s.fork()
     assert fork.run("a = a + 1").value == "7"
     r = s.run("Enum.reduce(1..a, b, fn i, acc -> acc - i end)")

@@ -121,7 +121,9 @@ print(json.dumps([out, digest]))
 """
 
 
-def test_fresh_process_with_compiler_and_vm_blocked_reproduces_trace(model: Model) -> None:
+def test_fresh_process_with_compiler_and_vm_blocked_reproduces_trace(
+    model: Model,
+) -> None:
     """A new interpreter that cannot import compiler, VM or front end
     loads config + weights and decodes the same trace; the hash matches."""
     program = _program(PROGRAMS[-1])
@@ -143,7 +145,16 @@ def test_fresh_process_with_compiler_and_vm_blocked_reproduces_trace(model: Mode
 def test_model_modules_import_nothing_from_compiler_or_vm() -> None:
     """model.py and kvcache.py import only numpy, safetensors, stdlib and each other."""
     root = Path(engine.__file__).parent
-    allowed = {"__future__", "json", "dataclasses", "pathlib", "typing", "bisect", "numpy", "safetensors.numpy"}
+    allowed = {
+        "__future__",
+        "json",
+        "dataclasses",
+        "pathlib",
+        "typing",
+        "bisect",
+        "numpy",
+        "safetensors.numpy",
+    }
     for name in ("model.py", "kvcache.py"):
         tree = ast.parse((root / name).read_text())
         for node in ast.walk(tree):
@@ -192,7 +203,9 @@ def _runs_correctly(model: Model, program) -> bool:
 def test_random_weights_of_the_same_shapes_give_garbage(model: Model) -> None:
     """Same shapes, random values: nothing like the trace comes out."""
     rng = np.random.default_rng(0)
-    rand = Model(model.config, {k: rng.normal(size=v.shape) for k, v in model.w.items()})
+    rand = Model(
+        model.config, {k: rng.normal(size=v.shape) for k, v in model.w.items()}
+    )
     program = _program(PROGRAMS[0])
     want = vm.run(program).trace
     with np.errstate(all="ignore"):
@@ -204,7 +217,12 @@ def test_random_weights_of_the_same_shapes_give_garbage(model: Model) -> None:
 def test_weight_noise_breaks_execution(model: Model) -> None:
     """Gaussian noise on every weight derails the trace."""
     rng = np.random.default_rng(1)
-    noisy = _damaged(model, lambda w: [v.__iadd__(rng.normal(scale=0.05, size=v.shape)) for v in w.values()])
+    noisy = _damaged(
+        model,
+        lambda w: [
+            v.__iadd__(rng.normal(scale=0.05, size=v.shape)) for v in w.values()
+        ],
+    )
     program = _program(STRESS)
     assert _runs_correctly(model, program)
     with np.errstate(all="ignore"):
@@ -230,7 +248,9 @@ def test_ablating_any_single_head_breaks_execution(model: Model) -> None:
 @pytest.mark.slow
 def test_long_run_matches_vm_for_over_1e5_tokens(model: Model) -> None:
     """A loop of 620 iterations (>1e5 tokens) matches the VM, hull cache."""
-    program = _program("Enum.reduce(1..620, 0, fn i, acc -> if rem(i, 3) == 0 do acc - i else acc + 2 * i end end)")
+    program = _program(
+        "Enum.reduce(1..620, 0, fn i, acc -> if rem(i, 3) == 0 do acc - i else acc + 2 * i end end)"
+    )
     want = vm.run(program).trace
     assert len(want) > 100_000
     got = engine.decode(model, encode_program(program), len(want) + 10, "hull")

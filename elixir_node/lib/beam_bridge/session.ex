@@ -176,7 +176,8 @@ defmodule BeamBridge.Session do
   end
 
   # A speculative run keeps its outcome until its fragment is committed.
-  def handle_info({:evaluation_result, ref, outcome}, %{running: %{ref: ref, index: nil}} = state) do
+  def handle_info({:evaluation_result, ref, outcome}, %{running: %{ref: ref} = running} = state)
+      when running.index == nil do
     {:noreply, put_in(state.running.outcome, outcome)}
   end
 
@@ -312,7 +313,8 @@ defmodule BeamBridge.Session do
 
     cond do
       pending > state.caps.max_pending_bytes ->
-        "the pending buffer would hold #{pending} bytes, over #{state.caps.max_pending_bytes}; chunk refused"
+        cap = state.caps.max_pending_bytes
+        "the pending buffer would hold #{pending} bytes, over #{cap}; chunk refused"
 
       queued >= state.caps.max_queued_fragments ->
         "#{queued} fragments are waiting to run, the most a session may queue; chunk refused"

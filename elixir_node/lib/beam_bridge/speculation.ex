@@ -60,7 +60,9 @@ defmodule BeamBridge.Speculation do
   """
   @spec pure?(binary, Code.binding()) :: boolean
   def pure?(code, binding) do
-    case Code.string_to_quoted(code, static_atoms_encoder: &existing_atom/2, emit_warnings: false) do
+    opts = [static_atoms_encoder: &existing_atom/2, emit_warnings: false]
+
+    case Code.string_to_quoted(code, opts) do
       {:ok, quoted} ->
         {_, pure} = Macro.prewalk(quoted, true, &{renamed(&1), &2 and node_pure?(&1, binding)})
         pure

@@ -84,8 +84,8 @@ defmodule BeamBridge.Policy.Names do
           if count > @max_uses_per_name do
             throw(
               {:names,
-               "a variable is used more than #{@max_uses_per_name} times in one fragment; split the fragment",
-               meta}
+               "a variable is used more than #{@max_uses_per_name} times in one fragment; " <>
+                 "split the fragment", meta}
             )
           end
 

@@ -126,7 +126,8 @@ defmodule BeamBridge.Policy.Scope do
 
       _new when scope.next_var >= @pool_size ->
         {:error,
-         "too many new variable names in this session (#{@pool_size}); reuse names or open a new session"}
+         "too many new variable names in this session (#{@pool_size}); " <>
+           "reuse names or open a new session"}
 
       _new ->
         prefix = if String.starts_with?(name, "_"), do: "_bb_v", else: "bb_v"
