@@ -57,6 +57,13 @@ defmodule BeamBridge.SplitterTest do
     {"range operator at the start of a line", "1\n..5\nr = 1\n..\n5\n...\n", 3},
     {"interpolation across lines", "s = \"a \#{\n  1 + 1\n} b\"\ns\n", 2},
     {"empty parentheses", "()\nx = ()\n", 2},
+    {"nested brackets closed on many lines",
+     "rows = [\n  [1, %{a: [2]}],\n  {3, <<4>>},\n  [fn x -> x end, (1 + 2)]\n]\nrows\n", 2},
+    {"nested do blocks and fns closed on many lines",
+     "defmodule N do\n  def a(x) do\n    f = fn y ->\n      if y do\n        [y]\n      end\n    end\n    f.(x)\n  end\n\n  def b, do: (1)\nend\nN.a(1)\n",
+     2},
+    {"string opened inside an open list",
+     "l = [\n  \"a]\n  b\",\n  ~s(c]),\n  \"\"\"\n  ]\n  \"\"\",\n  4\n]\nl\n", 2},
     {"blank lines only", "\n\n  \n# only a comment\n", 0}
   ]
 
@@ -264,6 +271,16 @@ defmodule BeamBridge.SplitterTest do
 
       assert [%{code: "if x do\n  1", error: %{message: _}}] =
                split_everywhere("if x do\n  1", 1..4)
+    end
+
+    test "an error on a line that closes nothing is found at finish" do
+      assert [%{code: "x = 1", error: nil}, %{code: "y = [\n  1, :", line: 2, error: %{line: 3}}] =
+               split_everywhere("x = 1\ny = [\n  1, :", 1..6)
+    end
+
+    test "an error on a line that closes nothing breaks the expression once it closes" do
+      fragments = split_everywhere("y = [\n  1, :\n]\nz = 2\n", 1..6)
+      assert [%{error: %{line: 2}}, %{code: "z = 2", error: nil}] = fragments
     end
 
     test "a trailing binary operator at finish is a broken fragment" do

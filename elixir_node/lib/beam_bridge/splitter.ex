@@ -28,10 +28,13 @@ defmodule BeamBridge.Splitter do
       back: they are kept inside it when a continuation follows and left
       out otherwise;
     * while the pending expression is unfinished, each new line is
-      appended, and the pending text is parsed again when the line
-      contains what closes the innermost open construct (`end`, `)`,
-      `\"""`, the sigil's delimiter, …, taken from the tokenizer's
-      message) or, after a trailing operator, at every line;
+      appended, and is looked at only when it contains what closes the
+      innermost open construct (`end`, `)`, `\"""`, the sigil's
+      delimiter, …, taken from the tokenizer's message) or, after a
+      trailing operator, at every line. Then only the text since the last
+      checkpoint is parsed, behind a stand-in for the constructs open
+      there (see "Cost"); the whole pending text is parsed again only when
+      that shows everything may be closed;
     * expressions separated by `;` become separate fragments with the
       same line; they are committed together with the last one.
 
@@ -61,13 +64,27 @@ defmodule BeamBridge.Splitter do
 
   ## Cost
 
-  Committed text is dropped, so the cost is linear in the stream while
-  fragments are short: a one-line fragment is parsed once, a pipeline
-  once per stage line plus once whole. A fragment that spans lines is
-  parsed whole again at each line that can close its innermost open
-  construct, so a module of `d` nested `end`s and `n` lines costs about
-  `d · n` line parses: a 1,000-line module with 100 functions is parsed
-  whole about 100 times.
+  Committed text is dropped, so the cost is linear in the stream: a
+  one-line fragment is parsed once, a pipeline once per stage line plus
+  once whole, and an unfinished expression that spans lines is not parsed
+  whole again at each line that closes something inside it.
+
+  While an expression is unfinished, the splitter keeps a checkpoint: the
+  constructs still open at the end of some earlier line (brackets, `do`
+  and `fn` blocks), written as a short stand-in text (`[`, `x do`, `fn`,
+  …), and the lines since. Whether a new line closes them is asked of the
+  tokenizer on the stand-in plus those lines, which the tokenizer sees
+  with the same open constructs as the whole text; when only brackets and
+  blocks stay open, the checkpoint moves to the end of the line. The open
+  constructs come from the tokenizer's "missing terminator" message, one
+  at a time, by closing the innermost and asking again. A line costs
+  about `d` small parses for `d` open constructs, and the whole text is
+  parsed once more only when the stand-in shows that everything may be
+  closed, which the whole parse then decides.
+
+  Strings, heredocs and sigils are not stood in for: while one is open
+  the checkpoint stays before it, so its lines are parsed again at each
+  line that holds its delimiter, as the whole pending text was before.
 
   ## Atoms
 
@@ -81,7 +98,23 @@ defmodule BeamBridge.Splitter do
   # Nesting deeper than this in one line is taken to begin an expression.
   @max_closers 32
 
-  defstruct partial: "", line: 1, pending: "", pending_line: 1, status: :empty
+  # Open constructs a stand-in text can reopen, by the tokenizer's name
+  # for them, and the stand-in.
+  @reopen %{
+    ~s("(") => "(",
+    ~s("[") => "[",
+    ~s("{") => "{",
+    ~s("<<") => "<<",
+    ~s("do") => "x do",
+    ~s("fn") => "fn"
+  }
+
+  defstruct partial: "",
+            line: 1,
+            pending: "",
+            pending_line: 1,
+            status: :empty,
+            checkpoint: {[], ""}
 
   @typedoc "A fragment: its exact source, first line in the block and parse error, if any."
   @type fragment :: %{
@@ -100,7 +133,10 @@ defmodule BeamBridge.Splitter do
     * `{:continued, size}` - a complete expression and continuation lines
       not parsed together yet; the first `size` bytes end with code;
     * `{:incomplete, closer}` - an expression that is not finished yet;
-      only a line containing `closer` (when not nil) can finish it;
+      only a line containing `closer` (when not nil) can finish it.
+      `checkpoint` is then `{open, since}`: tokenized, a stand-in for
+      the constructs in `open` followed by `since` leaves the same
+      constructs open as `pending`;
     * `{:broken, error, indent}` - text that can never parse, held until a
       line indented at most `indent` starts an expression.
   """
@@ -114,7 +150,8 @@ defmodule BeamBridge.Splitter do
               | {:continued, non_neg_integer}
               | {:incomplete, binary | nil}
               | {:complete, non_neg_integer, list}
-              | {:broken, map, non_neg_integer}
+              | {:broken, map, non_neg_integer},
+            checkpoint: {[{binary, binary}], binary}
           }
 
   @doc """
@@ -228,7 +265,7 @@ defmodule BeamBridge.Splitter do
       {{:incomplete, closer}, _kind} ->
         if closer == nil or :binary.match(line, closer) != :nomatch,
           do: {[], grow(splitter, line)},
-          else: {[], append(splitter, line)}
+          else: {[], append_open(splitter, line)}
 
       {{:broken, error, indent}, :code} ->
         resync(splitter, line, n, error, indent)
@@ -244,9 +281,14 @@ defmodule BeamBridge.Splitter do
     splitter = %{splitter | pending: text, pending_line: n}
 
     case parsed do
-      {:ok, exprs} -> %{splitter | status: {:complete, byte_size(text), exprs}}
-      {:incomplete, error} -> %{splitter | status: {:incomplete, closer(error)}}
-      {:error, error} -> %{splitter | status: {:broken, error, indent(text)}}
+      {:ok, exprs} ->
+        %{splitter | status: {:complete, byte_size(text), exprs}}
+
+      {:incomplete, error} ->
+        %{splitter | status: {:incomplete, closer(error)}, checkpoint: {[], text}}
+
+      {:error, error} ->
+        %{splitter | status: {:broken, error, indent(text)}}
     end
   end
 
@@ -296,10 +338,66 @@ defmodule BeamBridge.Splitter do
     end
   end
 
-  defp grow(splitter, line) do
-    joint = splitter.pending <> line
-    start(splitter, joint, splitter.pending_line, parse(joint, splitter.pending_line))
+  defp append_open(splitter, line) do
+    {stack, since} = splitter.checkpoint
+    %{append(splitter, line) | checkpoint: {stack, since <> line}}
   end
+
+  # `line` may close what is open. The stand-in and the lines since the
+  # checkpoint answer whether it can; the whole text is parsed only then.
+  defp grow(splitter, line) do
+    {stack, since} = splitter.checkpoint
+    since = since <> line
+    joint = splitter.pending <> line
+
+    case open_constructs(stack, since) do
+      {:reopenable, open} ->
+        {closer, _opener} = List.last(open)
+        %{splitter | pending: joint, status: {:incomplete, closer}, checkpoint: {open, ""}}
+
+      {:other, closer} ->
+        checkpoint = {stack, since}
+        %{splitter | pending: joint, status: {:incomplete, closer}, checkpoint: checkpoint}
+
+      :closed ->
+        start(splitter, joint, splitter.pending_line, parse(joint, splitter.pending_line))
+    end
+  end
+
+  # What the stand-in for `stack` followed by `since` leaves open:
+  # `{:reopenable, open}` when a stand-in can reopen all of it,
+  # `{:other, closer}` when something else is open (a string, a heredoc,
+  # a sigil, nesting deeper than @max_closers), `:closed` when nothing is.
+  # Stacks list `{closer, opener}` pairs, outermost first.
+  #
+  # The stand-in opens one construct per line, so when the innermost open
+  # construct starts on stand-in line `k`, `since` closed what it opened
+  # and the first `k` constructs stay open: one parse for the common line.
+  # Otherwise `since` opened more, and closing the innermost shows the next.
+  defp open_constructs(stack, since), do: probe(stand_in(stack) <> since, stack, [])
+
+  defp probe(text, stack, found) do
+    with {:incomplete, error} <- parse(text, 1),
+         closer when is_binary(closer) <- closer(error),
+         {opener, line} <- opener(error) do
+      cond do
+        line <= length(stack) and elem(Enum.at(stack, line - 1), 1) == opener ->
+          {:reopenable, Enum.take(stack, line) ++ found}
+
+        line > length(stack) and is_map_key(@reopen, opener) and length(found) < @max_closers ->
+          probe(text <> "\n" <> closer, stack, [{closer, opener} | found])
+
+        true ->
+          {:other, if(found == [], do: closer, else: found |> List.last() |> elem(0))}
+      end
+    else
+      _closed when found == [] -> :closed
+      _closed -> {:reopenable, found}
+    end
+  end
+
+  defp stand_in(stack),
+    do: Enum.map_join(stack, fn {_closer, opener} -> @reopen[opener] <> "\n" end)
 
   defp resync(splitter, line, n, error, indent) do
     parsed = if indent(line) <= indent, do: parse(line, n), else: {:error, error}
@@ -365,6 +463,22 @@ defmodule BeamBridge.Splitter do
     do: rest |> closer_text() |> String.trim("\"")
 
   defp closer(_error), do: nil
+
+  # The tokenizer's name for the construct a missing terminator closes,
+  # quoted as in its message (`"do"`, `"["`), or its word for one that
+  # has no token of its own (`string`, `heredoc`, `sigil ~s(`),
+  # and the line it starts on.
+  defp opener(%{message: "missing terminator: " <> rest}) do
+    with [_closer, what] <- String.split(rest, " (for ", parts: 2),
+         [opener, line] <- String.split(what, " starting at line ", parts: 2),
+         {line, ")" <> _hint} <- Integer.parse(line) do
+      {opener, line}
+    else
+      _unknown -> nil
+    end
+  end
+
+  defp opener(_error), do: nil
 
   defp closer_text(rest) do
     case String.split(rest, " (for ", parts: 2) do
@@ -432,9 +546,16 @@ defmodule BeamBridge.Splitter do
       {:complete, _size, _exprs} ->
         commit(splitter)
 
+      # Lines without the closer were not parsed, and one of them may hold
+      # an error that only the whole parse shows.
       {:incomplete, _closer} ->
-        {:incomplete, error} = parse(splitter.pending, splitter.pending_line)
-        [broken(splitter, error)]
+        case parse(splitter.pending, splitter.pending_line) do
+          {:ok, _exprs} = parsed ->
+            flush(start(splitter, splitter.pending, splitter.pending_line, parsed))
+
+          {_incomplete_or_error, error} ->
+            [broken(splitter, error)]
+        end
 
       {:broken, error, _indent} ->
         [broken(splitter, error)]
