@@ -50,6 +50,21 @@ defmodule BeamBridge.HostileTest do
     {"String.to_existing_atom as a module finder", ~S'String.to_existing_atom("Elixir.File")',
      "denied"},
     {"a word list of atoms", "~w(bb_h1 bb_h2)a", "denied"},
+    # Module names found at run time, ready for a forged `__struct__`.
+    {"List.to_existing_atom as a module finder", ~S{List.to_existing_atom('Elixir.File.Stream')},
+     "denied"},
+    {":erlang.binary_to_existing_atom as a module finder",
+     ~S':erlang.binary_to_existing_atom("Elixir.File.Stream", :utf8)', "denied"},
+    {"Module.safe_concat as a module finder", ~S'Module.safe_concat(["File", "Stream"])',
+     "denied"},
+    {"OptionParser.next as a module finder", ~S'OptionParser.next(["--Elixir.File.Stream"], [])',
+     "denied"},
+    {"a quoted atom as a module finder", ~S'quote(unquote: false, do: :"Elixir.IO.Stream")',
+     "denied"},
+    {"a module's compiled attributes", "Enum.__info__(:attributes)", "denied"},
+    {"a forged File.Stream built with Map.put",
+     ~S'Map.put(%{path: "/etc/hostname", modes: [:read], line_or_bytes: :line, raw: true}, :__struct__, :"Elixir.File.Stream") |> Enum.to_list()',
+     "denied"},
     {"hundreds of new atom literals",
      "[" <> Enum.map_join(1..400, ", ", &":bb_hostile_literal_#{&1}") <> "]", "denied"},
     # memory
@@ -175,6 +190,129 @@ defmodule BeamBridge.HostileTest do
     assert_node_fine(bystander)
   end
 
+  describe "escapes an audit found" do
+    # File.Stream is a struct of a denied module: a map that names it in
+    # `__struct__` reads or writes files through Enumerable and Collectable.
+    @read_fields ~S'path: "/etc/hostname", modes: [:read], line_or_bytes: :line, raw: true'
+
+    test "OptionParser turning a switch into File.Stream to read a file is denied",
+         %{bystander: bystander} do
+      code = """
+      {[{m, _}], _, _} = OptionParser.parse(["--Elixir.File.Stream"], switches: [])
+      Enum.to_list(%{__struct__: m, #{@read_fields}})
+      """
+
+      assert denied(code, bystander) =~ "OptionParser.parse/2 turns text into atoms"
+    end
+
+    test "OptionParser turning a switch into File.Stream to write a file is denied",
+         %{bystander: bystander} do
+      path = Path.join(System.tmp_dir!(), "bb_owned_#{System.unique_integer([:positive])}")
+
+      code = """
+      {[{m, _}], _, _} = OptionParser.parse(["--Elixir.File.Stream"], switches: [])
+      stream = %{__struct__: m, path: #{inspect(path)}, modes: [:write], line_or_bytes: :line, raw: true}
+      Enum.into(["owned"], stream)
+      """
+
+      assert denied(code, bystander) =~ "OptionParser.parse/2"
+      refute File.exists?(path)
+    end
+
+    test "OptionParser with allow_nonexistent_atoms makes no atoms", %{bystander: bystander} do
+      Session.request(bystander, {:eval, "x = 20 + 1"})
+      before = :erlang.system_info(:atom_count)
+
+      outcomes =
+        for batch <- 1..2 do
+          run("""
+          args = for i <- 1..50_000, do: "--bb-hostile-#{batch}-\#{i}"
+          OptionParser.parse(args, switches: [], allow_nonexistent_atoms: true)
+          """)
+        end
+
+      grown = :erlang.system_info(:atom_count) - before
+      assert grown < 1_000, "the atom table grew by #{grown}"
+
+      for outcome <- outcomes do
+        assert {"denied", message} = outcome
+        assert message =~ "OptionParser.parse/2 turns text into atoms"
+      end
+
+      assert_node_fine(bystander)
+    end
+
+    test "a session cannot change how another session inspects values",
+         %{bystander: bystander} do
+      on_exit(fn -> Inspect.Opts.default_inspect_fun(&Inspect.inspect/2) end)
+      Session.request(bystander, {:eval, "x = 20 + 1"})
+      outcome = run(~S'Inspect.Opts.default_inspect_fun(fn _term, _opts -> "owned" end)')
+
+      Session.request(bystander, {:eval, "inspect(%{a: [1]})"})
+      assert_receive {:bridge_event, %{type: :result, ok: true, value: ~S'"%{a: [1]}"'}}, 15_000
+
+      assert {"denied", message} = outcome
+      assert message =~ "Inspect.Opts.default_inspect_fun/1 reads or sets"
+      assert_node_fine(bystander)
+    end
+
+    test "Calendar.put_time_zone_database is denied", %{bystander: bystander} do
+      on_exit(fn -> Calendar.put_time_zone_database(Calendar.UTCOnlyTimeZoneDatabase) end)
+      code = "Calendar.put_time_zone_database(Calendar.ISO)"
+      assert denied(code, bystander) =~ "the time zone database of the whole node"
+      assert Calendar.get_time_zone_database() == Calendar.UTCOnlyTimeZoneDatabase
+    end
+
+    test "URI.default_port/2 is denied", %{bystander: bystander} do
+      assert denied(~S'URI.default_port("bb-hostile", 1)', bystander) =~
+               "URI.default_port/2 reads or sets a scheme's default port"
+
+      assert URI.default_port("bb-hostile") == nil
+    end
+
+    test "an atom literal inside quote cannot name File.Stream", %{bystander: bystander} do
+      code =
+        ~s'm = quote(do: :"Elixir.File.Stream")\nEnum.to_list(%{__struct__: m, #{@read_fields}})'
+
+      assert denied(code, bystander) =~ "File.Stream is not on the sandbox's allowlist"
+    end
+
+    test "a protocol's list of impls cannot hand out File.Stream", %{bystander: bystander} do
+      path = Path.join(System.tmp_dir!(), "bb_owned_#{System.unique_integer([:positive])}")
+
+      code = """
+      {:consolidated, impls} = Collectable.__protocol__(:impls)
+      m = Enum.find(impls, &(inspect(&1) == "File.Stream"))
+      Enum.into(["owned"], struct(m, path: #{inspect(path)}, modes: [:write], line_or_bytes: :line, raw: true))
+      """
+
+      assert denied(code, bystander) =~ "Collectable.__protocol__/1 reflects on compiled modules"
+      refute File.exists?(path)
+    end
+
+    test "Exception.blame_mfa cannot read compiled code", %{bystander: bystander} do
+      assert denied("Exception.blame_mfa(Enum, :into, [1, 2])", bystander) =~
+               "Exception.blame_mfa/3 reads modules' compiled code"
+    end
+
+    test "a struct named by a module value the fragment was handed is checked when it runs",
+         %{bystander: bystander} do
+      # Calendar.UTCOnlyTimeZoneDatabase is harmless, but not on the
+      # allowlist: the same check stops any module a value carries.
+      for build <- [
+            "%{__struct__: m}",
+            "%{1..2 | __struct__: m}",
+            "Map.put(%{}, :__struct__, m)",
+            "struct(m, [])"
+          ] do
+        code = "m = Calendar.get_time_zone_database()\n" <> build
+
+        assert denied(code, bystander) =~
+                 "a struct named Calendar.UTCOnlyTimeZoneDatabase: Calendar.UTCOnlyTimeZoneDatabase is not"
+      end
+    end
+  end
+
   # -- helpers
 
   # Runs the program's fragments in a real session of its own, with the
@@ -227,6 +365,15 @@ defmodule BeamBridge.HostileTest do
     after
       15_000 -> flunk("no done from #{id} within 15 s")
     end
+  end
+
+  # Runs a program expected to be denied, checks the bystander and returns
+  # the denial's message.
+  defp denied(code, bystander) do
+    Session.request(bystander, {:eval, "x = 20 + 1"})
+    assert {"denied", message} = run(code)
+    assert_node_fine(bystander)
+    message
   end
 
   defp assert_node_fine(bystander) do

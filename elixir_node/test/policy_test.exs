@@ -202,6 +202,19 @@ defmodule BeamBridge.PolicyTest do
       assert {:ok, 42, :pure} = List.last(results)
     end
 
+    test "structs built from module values, quotes and OptionParser.split" do
+      assert value("m = Range; struct(m, first: 1, last: 3, step: 1) |> Enum.to_list()") ==
+               [1, 2, 3]
+
+      assert value("m = MapSet; Map.put(%{map: %{1 => []}}, :__struct__, m) |> MapSet.size()") ==
+               1
+
+      assert value("%{1..3 | last: 5} |> Enum.sum()") == 15
+      assert value("x = 2; quote(do: Enum.map(1..unquote(x), & &1))") |> is_tuple()
+      assert value(~S'OptionParser.split("a \'b c\'")') == ["a", "b c"]
+      assert value(~S'URI.parse("https://example.com/x").port') == 443
+    end
+
     test "output, send to self and receive" do
       assert value(~S'IO.puts("hi"); send(self(), {:n, 1}); receive do {:n, n} -> n end') == 1
     end
@@ -233,6 +246,24 @@ defmodule BeamBridge.PolicyTest do
       assert denied(~S'Module.concat([Foo, "Bar"])') =~ "Module.concat/1"
       assert denied(~S':erlang.binary_to_term(<<131, 100, 0, 1, 97>>)') =~ "binary_to_term"
       assert denied("~w(a b)a") =~ "makes atoms"
+    end
+
+    test "module names from run-time data, reflection and node-wide settings" do
+      assert denied(~S'OptionParser.parse(["--a"], switches: [])') =~
+               "OptionParser.parse/2 turns text into atoms"
+
+      assert denied(~S'quote(do: :"Elixir.File.Stream")') =~ "File.Stream"
+      assert denied("Enumerable.__protocol__(:impls)") =~ "reflects on compiled modules"
+      assert denied("Inspect.impl_for(1)") =~ "Inspect.impl_for/1 reflects"
+      assert denied(":lists.module_info(:attributes)") =~ ":lists.module_info/1 reflects"
+      assert denied("FunctionClauseError.blame(%FunctionClauseError{}, [])") =~ "compiled code"
+      assert denied("Calendar.put_time_zone_database(Calendar.ISO)") =~ "whole node"
+
+      requirement = ~S'm = Version.parse_requirement!("~> 1.0") |> Map.get(:__struct__)'
+      assert denied(requirement <> "; struct(m, [])") =~ "a struct named Version.Requirement"
+
+      assert denied("m = Calendar.get_time_zone_database(); f = &struct!/2; f.(m, [])") =~
+               "a struct named"
     end
 
     test "processes, messages, the node" do

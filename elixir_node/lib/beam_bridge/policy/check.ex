@@ -174,7 +174,7 @@ defmodule BeamBridge.Policy.Check do
 
   defp walk({:%{}, meta, pairs}, st) do
     {pairs, st} = walk_list(pairs, st)
-    {{:%{}, meta, pairs}, st}
+    {{:%{}, meta, struct_pairs(pairs, meta, st)}, st}
   end
 
   defp walk({:{}, meta, items}, st) do
@@ -317,6 +317,49 @@ defmodule BeamBridge.Policy.Check do
     end
   end
 
+  # A struct's name that is a value: `%{__struct__: m}`, `%{map | __struct__:
+  # m}`, `Map.put(map, :__struct__, m)`. Protocols and Access dispatch on
+  # it, so it is checked when it runs like a module the fragment names.
+  # A key that is itself a value (`%{k => m}`) is not seen here; what keeps
+  # denied modules out of it is that a fragment cannot hold their atoms.
+  defp struct_pairs(pairs, meta, %{ctx: :body} = st) do
+    Enum.map(pairs, fn
+      {:|, umeta, [map, updates]} when is_list(updates) ->
+        {:|, umeta, [map, struct_pairs(updates, meta, st)]}
+
+      {:__struct__, value} when not is_atom(value) ->
+        {:__struct__, struct_name(value, meta, st)}
+
+      pair ->
+        pair
+    end)
+  end
+
+  defp struct_pairs(pairs, _meta, _st), do: pairs
+
+  defp struct_name(value, meta, st), do: {{:., [], [@guard, :struct_name]}, meta, [value, st.ns]}
+
+  # Calls that put a key into a map: the indexes of the key and the value.
+  @map_puts %{
+    {Map, :put, 3} => {1, 2},
+    {Map, :put_new, 3} => {1, 2},
+    {Map, :replace, 3} => {1, 2},
+    {Map, :replace!, 3} => {1, 2},
+    {:maps, :put, 3} => {0, 1}
+  }
+
+  defp struct_put(module, fun, args, meta, %{ctx: :body} = st) do
+    with {key, value} <- @map_puts[{module, fun, length(args)}],
+         :__struct__ <- Enum.at(args, key),
+         false <- is_atom(Enum.at(args, value)) do
+      List.update_at(args, value, &struct_name(&1, meta, st))
+    else
+      _ -> args
+    end
+  end
+
+  defp struct_put(_module, _fun, args, _meta, _st), do: args
+
   defp static_module(atom, _st) when is_atom(atom), do: {:ok, atom}
 
   defp static_module({:__MODULE__, _, context}, st) when is_atom(context),
@@ -370,6 +413,7 @@ defmodule BeamBridge.Policy.Check do
       end
     else
       {args, st} = walk_list(args, st)
+      args = struct_put(module, fun, args, meta, st)
       {{{:., dot_meta, [module, fun]}, meta, args}, st}
     end
   end
@@ -650,7 +694,10 @@ defmodule BeamBridge.Policy.Check do
           {[], st}
       end
 
+    # An atom in a quote is a value when the fragment runs, like any
+    # literal: `quote(do: :"Elixir.File.Stream")` is the module.
     if opts[:unquote] == false do
+      _ = quoted_atoms!(List.last(args), st)
       {args, st}
     else
       {block, st} = unquoted(List.last(args), st)
@@ -678,7 +725,24 @@ defmodule BeamBridge.Policy.Check do
   end
 
   defp unquoted(list, st) when is_list(list), do: Enum.map_reduce(list, st, &unquoted/2)
+  defp unquoted(atom, st) when is_atom(atom), do: {module_ref!(atom, [], st), st}
   defp unquoted(leaf, st), do: {leaf, st}
+
+  defp quoted_atoms!(atom, st) when is_atom(atom), do: module_ref!(atom, [], st)
+  defp quoted_atoms!(list, st) when is_list(list), do: Enum.each(list, &quoted_atoms!(&1, st))
+
+  defp quoted_atoms!({left, meta, right}, st) do
+    quoted_atoms!(left, st)
+    quoted_atoms!(meta, st)
+    quoted_atoms!(right, st)
+  end
+
+  defp quoted_atoms!({left, right}, st) do
+    quoted_atoms!(left, st)
+    quoted_atoms!(right, st)
+  end
+
+  defp quoted_atoms!(_leaf, _st), do: :ok
 
   # -- bitstrings
 

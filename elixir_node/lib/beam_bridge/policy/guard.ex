@@ -25,7 +25,7 @@ defmodule BeamBridge.Policy.Guard do
   denied like any module that is not on the allowlist.
   """
 
-  import Kernel, except: [inspect: 1, inspect: 2, send: 2, apply: 2]
+  import Kernel, except: [inspect: 1, inspect: 2, send: 2, apply: 2, struct: 2, struct!: 2]
 
   alias BeamBridge.Policy.{Bound, DeniedError, LimitError, Rules}
 
@@ -101,6 +101,36 @@ defmodule BeamBridge.Policy.Guard do
 
   def apply(_module, fun, _args, _ns),
     do: deny!("apply/3 with the function name #{preview(fun)}")
+
+  # -- struct names
+
+  @doc """
+  A value about to become a struct's name (`%{map | __struct__: value}`,
+  `struct/2`): protocols, `Access` and the calendar functions dispatch on
+  it, so it must be a module the fragment could have named.
+  """
+  @spec struct_name(term, binary) :: term
+  def struct_name(module, ns) when is_atom(module) do
+    case Atom.to_string(module) do
+      "Elixir." <> _ ->
+        unless Rules.known?(module) or own?(module, ns),
+          do:
+            deny!("a struct named #{inspect(module)}: #{inspect(module)} #{Rules.reason(module)}")
+
+        module
+
+      _plain ->
+        module
+    end
+  end
+
+  def struct_name(value, _ns), do: value
+
+  @doc false
+  def struct(module, fields \\ [], ns), do: Kernel.struct(struct_name(module, ns), fields)
+
+  @doc false
+  def struct!(module, fields \\ [], ns), do: Kernel.struct!(struct_name(module, ns), fields)
 
   defp guard_args(args, guards) do
     Enum.reduce(guards, args, fn {index, guard}, args ->

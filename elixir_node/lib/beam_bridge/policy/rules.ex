@@ -10,37 +10,57 @@ defmodule BeamBridge.Policy.Rules do
   the guards of dynamic calls (`mod.fun()`, `apply/3`) ask `rule/3`.
   """
 
-  # Pure data modules, allowed whole.
+  # Modules allowed whole. Each was read function by function
+  # (`__info__(:functions)`, `module_info(:exports)`, Elixir 1.14 on OTP 25)
+  # for two things: turning data into atoms, and writing state that outlives
+  # the evaluation (application env, :persistent_term, ETS, registered
+  # names, the code server, the logger). The reflective functions every
+  # module has (`__info__/1`, `module_info/1`, `__protocol__/1`, `impl_for/1`,
+  # `blame`, ...) are denied for all of them by `@reflective` below.
   @whole [
+    # Collections, pure functions of their arguments. The random functions
+    # (Enum.random, shuffle, take_random) seed :rand in the evaluation's own
+    # process dictionary; Stream.interval/timer wait in the evaluation.
     Enum,
     Stream,
     Map,
     MapSet,
     Keyword,
     Range,
+    # Calendar types: pure except reading the clock. They call the module in
+    # a struct's `calendar` field and the time zone database passed in, so
+    # they reach only modules a fragment holds (see `@reflective`).
     Date,
     Date.Range,
     Time,
     NaiveDateTime,
     DateTime,
-    Calendar,
     Calendar.ISO,
+    # Regex compiles with :re, which keeps no state; Version compiles
+    # requirements to match specs, which are values; Base and Float are
+    # arithmetic on their arguments.
     Regex,
-    Access,
+    Version,
     Base,
     Float,
-    URI,
-    Version,
-    OptionParser,
-    Exception,
+    # Access calls `fetch/2`, `get_and_update/3` or `pop/2` of a struct's
+    # module, which are pure in every module a fragment can hold.
+    Access,
+    # Protocols dispatch on the struct's name, so they reach the impls of
+    # modules a fragment can hold; their reflective functions are denied.
     String.Chars,
     List.Chars,
     Inspect,
-    Inspect.Algebra,
-    Inspect.Opts,
     Enumerable,
     Collectable,
+    # Building documents and escape codes; IO.ANSI only reads the
+    # :ansi_enabled setting.
+    Inspect.Algebra,
     IO.ANSI,
+    # Exceptions: `exception/1` and `message/1` build and describe values,
+    # Exception formats them and stacktraces as text; `blame` and
+    # `blame_mfa` (which read compiled code from disk) are in `@reflective`.
+    Exception,
     ArgumentError,
     ArithmeticError,
     BadArityError,
@@ -63,6 +83,8 @@ defmodule BeamBridge.Policy.Rules do
     UndefinedFunctionError,
     UnicodeConversionError,
     WithClauseError,
+    # Erlang data structures and maths: pure. :rand keeps its state in the
+    # process dictionary (`seed/1`, `uniform/0`) of the evaluation.
     :math,
     :maps,
     :queue,
@@ -75,14 +97,45 @@ defmodule BeamBridge.Policy.Rules do
     :rand
   ]
 
+  @atoms "makes atoms at run time"
+  @module_atoms "finds existing atoms, module names among them, at run time"
+
+  # Modules allowed except some functions, each with why it is denied. The
+  # rest of each was reviewed like the modules allowed whole: String, List,
+  # Integer, Tuple, Bitwise, :lists and :binary are pure (their allocating
+  # functions are guarded below); Calendar keeps `strftime`, `truncate` and
+  # reading the time zone database; URI parses and encodes strings (it
+  # reads the default ports itself); Inspect.Opts keeps `new/1`.
   @except %{
-    String => [:to_atom, :to_existing_atom],
-    List => [:to_atom, :to_existing_atom],
+    String => [to_atom: @atoms, to_existing_atom: @module_atoms],
+    List => [to_atom: @atoms, to_existing_atom: @module_atoms],
+    Calendar => [
+      put_time_zone_database: "sets the time zone database of the whole node (application env)"
+    ],
+    URI => [default_port: "reads or sets a scheme's default port for the whole node"],
+    Inspect.Opts => [
+      default_inspect_fun: "reads or sets how every session inspects values (a :persistent_term)"
+    ],
     Integer => [],
     Tuple => [],
     Bitwise => [],
     :lists => [],
     :binary => []
+  }
+
+  # Functions denied on every module but the session's own: they reflect on
+  # compiled modules, so what they return can name any module (the impls of
+  # a protocol include File.Stream), or they read compiled code from disk.
+  @reflective_reason "reflects on compiled modules; its result can name modules the sandbox denies"
+  @blame_reason "reads modules' compiled code from disk to explain an error"
+  @reflective %{
+    module_info: @reflective_reason,
+    behaviour_info: @reflective_reason,
+    impl_for: @reflective_reason,
+    impl_for!: @reflective_reason,
+    blame: @blame_reason,
+    blame_mfa: @blame_reason,
+    hint_for_loaded_module: @blame_reason
   }
 
   @only %{
@@ -110,6 +163,9 @@ defmodule BeamBridge.Policy.Rules do
     Process => [:sleep],
     System => ~w(monotonic_time system_time os_time unique_integer convert_time_unit)a,
     Function => [:identity],
+    # Splitting a command line and building one make no atoms; parsing one
+    # turns its switches into atoms.
+    OptionParser => [:split, :to_argv],
     # Step events: `BeamBridge.Trace.instrument/1` wraps traced expressions
     # in this call before the check; it only reports the value to the
     # evaluation's own IO proxy.
@@ -164,7 +220,11 @@ defmodule BeamBridge.Policy.Rules do
     {:erlang, :list_to_binary, 1} => {:args, [{0, :chardata}]},
     {:erlang, :iolist_size, 1} => {:args, [{0, :chardata}]},
     {:erlang, :exit, 2} => {:deny, "sends exit signals to other processes"},
-    {Kernel, :node, 1} => {:deny, "reads the node of a process"}
+    {Kernel, :node, 1} => {:deny, "reads the node of a process"},
+    {Kernel, :struct, 1} => {:replace_ns, :struct},
+    {Kernel, :struct, 2} => {:replace_ns, :struct},
+    {Kernel, :struct!, 1} => {:replace_ns, :struct!},
+    {Kernel, :struct!, 2} => {:replace_ns, :struct!}
   }
 
   @reasons %{
@@ -187,9 +247,10 @@ defmodule BeamBridge.Policy.Rules do
     Application => "reads or changes the node's configuration",
     Function => "builds or inspects functions from names",
     Kernel => "starts, signals or inspects processes, or reaches the node",
-    String => "makes atoms at run time",
-    List => "makes atoms at run time",
     Logger => "writes the node's log",
+    OptionParser =>
+      "turns text into atoms: existing ones, module names among them, or new ones " <>
+        "(only split/1 and to_argv/1,2 are allowed)",
     :erlang => "reaches the VM (only a small part of :erlang is allowed)",
     :os => "reaches the operating system",
     :file => "reaches the file system",
@@ -220,17 +281,34 @@ defmodule BeamBridge.Policy.Rules do
   }
 
   @whole_set MapSet.new(@whole)
-  @except_sets Map.new(@except, fn {m, names} -> {m, MapSet.new(names)} end)
   @only_sets Map.new(@only, fn {m, names} -> {m, MapSet.new(names)} end)
 
   @type rule :: :allow | {:replace | :replace_ns, atom} | {:args, list} | {:deny, binary}
 
-  @doc "What the policy does with a call to `module.fun/arity`."
+  @doc """
+  What the policy does with a call to `module.fun/arity`. Calls into the
+  session's own modules are not asked about.
+  """
   @spec rule(atom, atom, arity) :: rule
   def rule(module, fun, arity) do
     case @guarded do
       %{{^module, ^fun, ^arity} => guarded} -> guarded
-      _ -> listed(module, fun)
+      _ -> reflective(fun) || listed(module, fun)
+    end
+  end
+
+  # `__info__/1`, `__protocol__/1`, `__struct__/0` and the other hooks the
+  # compiler adds, and the names in `@reflective`.
+  defp reflective(fun) do
+    case @reflective do
+      %{^fun => reason} ->
+        {:deny, reason}
+
+      _ ->
+        name = Atom.to_string(fun)
+
+        if String.starts_with?(name, "__") and String.ends_with?(name, "__"),
+          do: {:deny, @reflective_reason}
     end
   end
 
@@ -239,8 +317,11 @@ defmodule BeamBridge.Policy.Rules do
       MapSet.member?(@whole_set, module) ->
         :allow
 
-      set = @except_sets[module] ->
-        if MapSet.member?(set, fun), do: {:deny, reason(module)}, else: :allow
+      denied = @except[module] ->
+        case Keyword.fetch(denied, fun) do
+          {:ok, reason} -> {:deny, reason}
+          :error -> :allow
+        end
 
       set = @only_sets[module] ->
         if MapSet.member?(set, fun), do: :allow, else: {:deny, reason(module)}
@@ -257,7 +338,7 @@ defmodule BeamBridge.Policy.Rules do
   @doc "Whether `module` may appear in a fragment as a value (a struct name, an argument)."
   @spec known?(atom) :: boolean
   def known?(module) do
-    MapSet.member?(@whole_set, module) or is_map_key(@except_sets, module) or
+    MapSet.member?(@whole_set, module) or is_map_key(@except, module) or
       is_map_key(@only_sets, module)
   end
 end
