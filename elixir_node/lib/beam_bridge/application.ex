@@ -1,7 +1,9 @@
 defmodule BeamBridge.Application do
   @moduledoc """
   The node's supervision tree: a registry and a dynamic supervisor for
-  sessions, and (unless disabled) the bridge listener that gateways connect to.
+  sessions, the record of which sessions reach which module versions
+  (`BeamBridge.Session.Modules`), and (unless disabled) the bridge listener
+  that gateways connect to.
   """
 
   use Application
@@ -42,6 +44,7 @@ defmodule BeamBridge.Application do
     children =
       [
         {Registry, keys: :unique, name: BeamBridge.SessionRegistry},
+        BeamBridge.Session.Modules,
         {DynamicSupervisor, strategy: :one_for_one, name: BeamBridge.SessionSupervisor},
         {DynamicSupervisor, strategy: :one_for_one, name: BeamBridge.ConnectionSupervisor}
       ] ++ listener_children() ++ stdin_link_children()

@@ -11,6 +11,10 @@ defmodule BeamBridge.Evaluator do
       {:ok, %{value: binary, data: term, elapsed_us: integer}, context}
       {:error, %{kind: binary, message: binary, line: integer | nil, elapsed_us: integer}, scope}
 
+  A speculative evaluation (option `:speculative`) whose fragment the
+  policy finds to have effects stops before running anything; its outcome
+  is then `:declined` (see `BeamBridge.Speculation`).
+
   `value` is the bounded `inspect` text and `data` the JSON-shaped copy of
   the value (`nil` when it does not map cleanly). Both are computed inside
   the evaluation, under its limits, since a small term can expand without
@@ -23,7 +27,7 @@ defmodule BeamBridge.Evaluator do
   part of the context and comes back even when the fragment fails.
   """
 
-  alias BeamBridge.{IOProxy, Policy, Trace}
+  alias BeamBridge.{IOProxy, Policy, Speculation, Trace}
   alias BeamBridge.Policy.Scope
 
   @file_name "fragment"
@@ -60,7 +64,9 @@ defmodule BeamBridge.Evaluator do
   `context`, reporting to the calling process.
 
   Options: `:max_heap_bytes` and `:max_output_bytes` (required), `:trace`
-  (default `false`): report step events, see `BeamBridge.Trace`.
+  (default `false`): report step events, see `BeamBridge.Trace`;
+  `:speculative` (default `false`): the fragment is not committed yet, so
+  it runs only if the policy finds no effects beyond output.
   """
   @spec start(binary, pos_integer, context, map) :: running
   def start(code, line, context, opts) do
@@ -75,7 +81,8 @@ defmodule BeamBridge.Evaluator do
         fn ->
           Process.group_leader(self(), proxy)
           if trace, do: Trace.start(proxy)
-          opts = [trace: trace, max_context_nodes: heap_words]
+          speculative = Map.get(opts, :speculative, false)
+          opts = [trace: trace, speculative: speculative, max_context_nodes: heap_words]
           IOProxy.finish(proxy, run(code, line, context, opts))
         end,
         # A fresh process starts with a tiny heap and would collect garbage
@@ -123,22 +130,32 @@ defmodule BeamBridge.Evaluator do
   @doc """
   Evaluates `code` in `context` in the calling process and describes the
   outcome (see the moduledoc). Used by `start/4`, and directly by benchmarks.
+  Takes the options of `start/4` as a keyword list.
   """
   @spec run(binary, pos_integer, context, keyword) ::
-          {:ok, map, context} | {:error, map, Scope.t() | nil}
+          {:ok, map, context} | {:error, map, Scope.t() | nil} | :declined
   def run(code, line, {binding, env, scope}, opts \\ []) do
     started = System.monotonic_time(:microsecond)
+    # Line markers of this evaluation; functions kept from earlier ones
+    # record under their own token.
+    token = System.unique_integer([:positive])
 
-    outcome =
-      case prepare(code, line, env, scope, opts[:trace]) do
-        {:ok, quoted, scope} ->
+    case prepare(code, line, env, scope, opts[:trace], token) do
+      {:ok, quoted, scope, effects} ->
+        if opts[:speculative] && not Speculation.runs_early?(effects) do
+          :declined
+        else
           max_nodes = Keyword.get(opts, :max_context_nodes, @max_context_nodes)
-          evaluate(quoted, line, binding, env, scope, max_nodes)
+          outcome = evaluate(quoted, {line, token}, binding, env, scope, max_nodes)
+          describe(outcome, started)
+        end
 
-        {:error, error, scope} ->
-          {:error, error.kind, error.message, error.line, scope}
-      end
+      {:error, error, scope} ->
+        describe({:error, error.kind, error.message, error.line, scope}, started)
+    end
+  end
 
+  defp describe(outcome, started) do
     elapsed = System.monotonic_time(:microsecond) - started
 
     case outcome do
@@ -158,24 +175,45 @@ defmodule BeamBridge.Evaluator do
   # written (pipelines are still pipelines), and the policy allows the step
   # calls it adds. The scope after parsing is kept even when the check
   # fails: it counts the atoms the parse made.
-  defp prepare(code, line, _env, nil, trace) do
+  #
+  # Line markers for runtime errors (`Trace.locate/3`) go in after the
+  # check, on the expanded tree, where every call is a call; they are this
+  # module's own code, not the fragment's. Without the sandbox nothing is
+  # expanded before it runs, so runtime errors there name the fragment's
+  # first line. Without a policy there is no effects flag either: the
+  # session's syntactic rule alone decides speculation.
+  defp prepare(code, line, _env, nil, trace, _token) do
     quoted = Code.string_to_quoted!(code, line: line, file: @file_name)
-    {:ok, if(trace, do: Trace.instrument(quoted), else: quoted), nil}
+    {:ok, if(trace, do: Trace.instrument(quoted), else: quoted), nil, :pure}
   rescue
     exception ->
       {:error, %{kind: exception_kind(exception), message: message(exception), line: line}, nil}
   end
 
-  defp prepare(code, line, env, scope, trace) do
-    transform = if trace, do: &Trace.instrument/1, else: & &1
+  defp prepare(code, line, env, scope, trace, token) do
+    lines? = String.contains?(code, "\n")
+
+    transform =
+      case {trace == true, lines?} do
+        {true, true} -> &(&1 |> Trace.instrument() |> Trace.anchor())
+        {true, false} -> &Trace.instrument/1
+        {false, true} -> &Trace.anchor/1
+        {false, false} -> & &1
+      end
 
     case Policy.prepare(code, line, env, scope, transform) do
-      {:ok, quoted, scope, _effects} -> {:ok, quoted, scope}
-      {:error, error, scope} -> {:error, error, scope}
+      {:ok, quoted, scope, effects} when lines? ->
+        {:ok, Trace.locate(quoted, line, token), scope, effects}
+
+      {:ok, quoted, scope, effects} ->
+        {:ok, quoted, scope, effects}
+
+      {:error, error, scope} ->
+        {:error, error, scope}
     end
   end
 
-  defp evaluate(quoted, line, binding, env, scope, max_nodes) do
+  defp evaluate(quoted, {line, token}, binding, env, scope, max_nodes) do
     {value, binding, env} = Code.eval_quoted_with_env(quoted, binding, env)
 
     if Policy.copyable?(binding, max_nodes) do
@@ -187,15 +225,16 @@ defmodule BeamBridge.Evaluator do
   rescue
     exception ->
       kind = Policy.error_kind(exception) || exception_kind(exception)
-      {:error, kind, message(exception), error_line(exception, __STACKTRACE__) || line, scope}
+      line = error_line(exception, token, __STACKTRACE__) || line
+      {:error, kind, message(exception), line, scope}
   catch
     :throw, value ->
       text = "uncaught throw: " <> inspect(Policy.shown(value, @shown_nodes))
-      {:error, "throw", text, stack_line(__STACKTRACE__) || line, scope}
+      {:error, "throw", text, error_line(nil, token, __STACKTRACE__) || line, scope}
 
     :exit, reason ->
       text = Exception.format_exit(Policy.shown(reason, @shown_nodes))
-      {:error, "exit", text, stack_line(__STACKTRACE__) || line, scope}
+      {:error, "exit", text, error_line(nil, token, __STACKTRACE__) || line, scope}
   end
 
   defp with_dropped_steps(result) do
@@ -228,13 +267,15 @@ defmodule BeamBridge.Evaluator do
     end
   end
 
-  defp error_line(%{line: line}, _stack) when is_integer(line) and line > 0, do: line
-  defp error_line(_exception, stack), do: stack_line(stack)
+  # Where a fragment failed: the line a compile error names, else the last
+  # line the evaluation's markers recorded (always a line of this block),
+  # else a frame of a module compiled from fragment code (which may be
+  # another block's), else nil and the caller uses the fragment's first line.
+  defp error_line(%{line: line}, _token, _stack) when is_integer(line) and line > 0, do: line
+  defp error_line(_exception, token, stack), do: Trace.failed_line(token) || stack_line(stack)
 
-  # The innermost frame that belongs to the fragment's own source.
-  # erl_eval does not put lines in its frames, so an error raised by the
-  # fragment's own code usually has none; the caller falls back to the line
-  # the fragment starts on.
+  # The innermost frame that belongs to the fragment's own source. erl_eval
+  # puts no lines in its frames: only compiled session modules have them.
   defp stack_line(stack) do
     Enum.find_value(stack, fn {_m, _f, _a, info} ->
       if info[:file] == String.to_charlist(@file_name), do: info[:line]

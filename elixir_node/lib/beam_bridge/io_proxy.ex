@@ -14,12 +14,17 @@ defmodule BeamBridge.IOProxy do
   Because the output and the result then come from one sender, the session
   always receives a fragment's output before its result.
 
+  One message carries at most `@max_event_bytes` of text: a larger print
+  is split, between UTF-8 code points, into several messages in order, so
+  that no single output event is unbounded.
+
   When the printed total passes `max_output_bytes`, the proxy keeps only what
   fits and tells the session `{:evaluation_output_limit, ref}` once.
   """
 
   @flush_ms 5
   @flush_bytes 16 * 1024
+  @max_event_bytes 64 * 1024
 
   @doc "Starts a proxy for the evaluation `ref` reporting to `session`."
   @spec start(pid, reference, pos_integer) :: pid
@@ -134,7 +139,8 @@ defmodule BeamBridge.IOProxy do
     room = state.limit - state.total
 
     if byte_size(text) > room do
-      state = %{state | buffer: [state.buffer | binary_part(text, 0, max(room, 0))], over: true}
+      kept = binary_part(text, 0, code_point_cut(text, max(room, 0)))
+      state = %{state | buffer: [state.buffer | kept], over: true}
       state = flush(state)
       send(state.session, {:evaluation_output_limit, state.ref})
       state
@@ -159,11 +165,34 @@ defmodule BeamBridge.IOProxy do
   defp flush(state) do
     if state.timer, do: Process.cancel_timer(state.timer)
 
-    case IO.iodata_to_binary(state.buffer) do
-      "" -> :ok
-      text -> send(state.session, {:evaluation_output, state.ref, text})
-    end
-
+    send_pieces(state, IO.iodata_to_binary(state.buffer))
     %{state | buffer: [], size: 0, timer: nil}
+  end
+
+  defp send_pieces(_state, ""), do: :ok
+
+  defp send_pieces(state, text) when byte_size(text) <= @max_event_bytes,
+    do: send(state.session, {:evaluation_output, state.ref, text})
+
+  defp send_pieces(state, text) do
+    cut = code_point_cut(text, @max_event_bytes)
+    <<piece::binary-size(cut), rest::binary>> = text
+    send(state.session, {:evaluation_output, state.ref, piece})
+    send_pieces(state, rest)
+  end
+
+  # The largest cut at or below `at` that does not split a UTF-8 code point
+  # (whose continuation bytes are 0b10xxxxxx). Text that is not UTF-8 has
+  # no code points to keep whole: it is cut at `at`.
+  defp code_point_cut(text, at) when at >= byte_size(text), do: byte_size(text)
+  defp code_point_cut(text, at), do: back_to_boundary(text, at, at)
+
+  defp back_to_boundary(_text, at, cut) when at - cut >= 4 or cut == 0, do: at
+
+  defp back_to_boundary(text, at, cut) do
+    case :binary.at(text, cut) do
+      byte when Bitwise.band(byte, 0xC0) == 0x80 -> back_to_boundary(text, at, cut - 1)
+      _ -> cut
+    end
   end
 end

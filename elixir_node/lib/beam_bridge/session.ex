@@ -19,6 +19,11 @@ defmodule BeamBridge.Session do
   context), which is what `rewind` and `fork` read; BEAM terms are
   immutable, so an entry costs only what the fragment added.
 
+  Module versions (`BeamBridge.Policy.Scope`) stay loaded while a context
+  in the history can reach them: the session counts, per version, the
+  entries that do, and tells `BeamBridge.Session.Modules` when a count
+  leaves or returns to zero.
+
   Options (from the `open` request, all optional):
 
     * `:on_error` - `:continue` (default) or `:halt`: after a failure,
@@ -33,8 +38,9 @@ defmodule BeamBridge.Session do
 
   @watch_ms 20
 
-  alias BeamBridge.{Config, Evaluator, IOProxy, Policy, Speculation, Splitter}
+  alias BeamBridge.{Config, Evaluator, IOProxy, Speculation, Splitter}
   alias BeamBridge.Policy.Scope
+  alias BeamBridge.Session.Modules
 
   @type request ::
           {:chunk, binary}
@@ -137,8 +143,12 @@ defmodule BeamBridge.Session do
       halted: MapSet.new(),
       unspeculated: nil,
       caps: Map.merge(Config.caps(), Keyword.get(opts, :caps, %{})),
-      history_floor: 1
+      history_floor: 1,
+      module_refs: %{}
     }
+
+    with {_, _, %Scope{namespace: namespace}} <- context, do: Modules.join(self(), namespace)
+    state = add_refs(state, [context])
 
     opened =
       case Keyword.get(opts, :forked_from) do
@@ -159,10 +169,17 @@ defmodule BeamBridge.Session do
   end
 
   @impl true
-  def handle_call({:context_at, at}, _from, state) do
+  # The caller holds the context's module versions before it has the
+  # context, so a rewind or close that follows cannot unload them first.
+  def handle_call({:context_at, at}, {caller, _}, state) do
     case unknown_context(state, at) do
-      nil -> {:reply, {:ok, Map.fetch!(state.history, at), state.options}, state}
-      message -> {:reply, {:error, "cannot fork: " <> message}, state}
+      nil ->
+        context = Map.fetch!(state.history, at)
+        with [_ | _] = modules <- reachable(context), do: Modules.hold(caller, modules)
+        {:reply, {:ok, context, state.options}, state}
+
+      message ->
+        {:reply, {:error, "cannot fork: " <> message}, state}
     end
   end
 
@@ -173,6 +190,22 @@ defmodule BeamBridge.Session do
 
   def handle_info({:evaluation_step, ref, line, text}, %{running: %{ref: ref}} = state) do
     {:noreply, emit_or_hold(state, :step, %{line: line, value: text})}
+  end
+
+  # The policy found effects in a speculative run, which then ran nothing
+  # (`BeamBridge.Speculation`): the fragment runs for real once committed,
+  # or now if the commit came first.
+  def handle_info({:evaluation_result, ref, :declined}, %{running: %{ref: ref} = run} = state) do
+    state = drop_speculation(state)
+
+    case run.index do
+      nil ->
+        {:noreply, state}
+
+      index ->
+        item = {:fragment, index, run.block, %{code: run.code, line: run.line}}
+        {:noreply, run_next(%{state | queue: :queue.in_r(item, state.queue)})}
+    end
   end
 
   # A speculative run keeps its outcome until its fragment is committed.
@@ -250,7 +283,7 @@ defmodule BeamBridge.Session do
 
   def handle_info({:DOWN, _, :process, owner, _}, %{owner: owner} = state) do
     state = kill_quietly(state)
-    purge_modules(state.context, nil)
+    leave_modules(state)
     {:stop, :normal, state}
   end
 
@@ -260,9 +293,9 @@ defmodule BeamBridge.Session do
   # -- requests
 
   defp handle_request({:chunk, text}, state) do
-    case over_cap(state, text) do
-      nil -> take_chunk(state, text)
-      message -> refuse(state, message)
+    case take_chunk(state, text) do
+      {:ok, state} -> state
+      {:refused, message} -> refuse(state, message)
     end
   end
 
@@ -274,9 +307,9 @@ defmodule BeamBridge.Session do
   end
 
   defp handle_request({:eval, code}, state) do
-    case over_cap(state, code) do
-      nil -> handle_request(:end, take_chunk(state, code))
-      message -> refuse(state, message)
+    case take_chunk(state, code) do
+      {:ok, state} -> handle_request(:end, state)
+      {:refused, message} -> refuse(state, message)
     end
   end
 
@@ -286,11 +319,11 @@ defmodule BeamBridge.Session do
     case unknown_context(state, to) do
       nil ->
         state = cancel(state)
-        history = Map.reject(state.history, fn {index, _} -> index > to end)
-        context = Map.fetch!(history, to)
-        purge_modules(state.context, context)
+        {kept, dropped} = Enum.split_with(state.history, fn {index, _} -> index <= to end)
+        history = Map.new(kept)
+        state = drop_refs(%{state | history: history}, Enum.map(dropped, &elem(&1, 1)))
         emit(state, :rewound, %{to: to})
-        %{state | context: context, history: history, next_index: to + 1}
+        %{state | context: Map.fetch!(history, to), next_index: to + 1}
 
       message ->
         emit(state, :error, %{code: :bad_request, message: "cannot rewind: " <> message})
@@ -300,28 +333,35 @@ defmodule BeamBridge.Session do
 
   defp handle_request(:close, state) do
     state = kill_quietly(state)
-    purge_modules(state.context, nil)
+    leave_modules(state)
     emit(state, :closed, %{})
     {:stop, state}
   end
 
   # A chunk that would pass a cap is refused whole, with an error event; the
-  # text accepted before it stays as it was.
-  defp over_cap(state, text) do
+  # text accepted before it stays as it was. The queue cap is checked on
+  # what the chunk splits into, before any of it is committed.
+  defp over_pending(state, text) do
     pending = byte_size(Splitter.pending(state.splitter)) + byte_size(text)
-    queued = :queue.len(state.queue)
+    cap = state.caps.max_pending_bytes
 
-    cond do
-      pending > state.caps.max_pending_bytes ->
-        cap = state.caps.max_pending_bytes
-        "the pending buffer would hold #{pending} bytes, over #{cap}; chunk refused"
+    if pending > cap,
+      do: "the pending buffer would hold #{pending} bytes, over #{cap}; chunk refused"
+  end
 
-      queued >= state.caps.max_queued_fragments ->
-        "#{queued} fragments are waiting to run, the most a session may queue; chunk refused"
+  # When nothing but a speculative run is running, the first fragment
+  # starts at once instead of waiting.
+  defp over_queue(_state, []), do: nil
 
-      true ->
-        nil
-    end
+  defp over_queue(state, fragments) do
+    starting = if match?(%{index: index} when index != nil, state.running), do: 0, else: 1
+    waiting = :queue.len(state.queue) + length(fragments) - starting
+    cap = state.caps.max_queued_fragments
+
+    if waiting > cap,
+      do:
+        "#{waiting} fragments would be waiting to run, over the #{cap} a session may queue; " <>
+          "chunk refused"
   end
 
   defp refuse(state, message) do
@@ -349,18 +389,23 @@ defmodule BeamBridge.Session do
   end
 
   defp take_chunk(state, text) do
-    {fragments, splitter} = Splitter.feed(state.splitter, text)
-    state = commit(fragments, %{state | splitter: splitter})
+    with nil <- over_pending(state, text),
+         {fragments, splitter} = Splitter.feed(state.splitter, text),
+         nil <- over_queue(state, fragments) do
+      state = commit(fragments, %{state | splitter: splitter})
 
-    # A continuation arrived: the speculative run was of the wrong code.
-    case state.running do
-      %{index: nil, code: code, line: line} ->
-        if Splitter.speculative(splitter) == %{code: code, line: line},
-          do: state,
-          else: kill_quietly(state)
+      # A continuation arrived: the speculative run was of the wrong code.
+      case state.running do
+        %{index: nil, code: code, line: line} ->
+          if Splitter.speculative(splitter) == %{code: code, line: line},
+            do: {:ok, state},
+            else: {:ok, kill_quietly(state)}
 
-      _ ->
-        state
+        _ ->
+          {:ok, state}
+      end
+    else
+      message -> {:refused, message}
     end
   end
 
@@ -409,14 +454,17 @@ defmodule BeamBridge.Session do
     cancel_timer(running.timer)
 
     case outcome do
-      {:ok, result, context} ->
+      {:ok, result, {_, _, scope} = context} ->
+        result = %{result | value: humanize_versions(result.value, scope)}
         finish(%{state | context: context}, running, Map.put(result, :ok, true))
 
-      # A failed fragment leaves bindings and env as they were, but its scope
-      # counts the atoms it made and the modules it may have defined.
+      # A failed fragment leaves bindings and env as they were; its scope
+      # keeps counting the atoms it made, and the module versions it made
+      # are unloaded, since no context can reach them.
       {:error, error, scope} ->
         {elapsed, error} = Map.pop(error, :elapsed_us)
-        state = %{state | context: put_elem(state.context, 2, scope)}
+        error = %{error | message: humanize_versions(error.message, scope)}
+        state = %{state | context: put_elem(state.context, 2, failed_scope(state, scope))}
         finish(state, running, %{ok: false, error: error, elapsed_us: elapsed})
     end
   end
@@ -431,7 +479,7 @@ defmodule BeamBridge.Session do
          false <- MapSet.member?(state.halted, state.block),
          {binding, _env, _scope} = state.context,
          true <- Speculation.pure?(code, binding) do
-      running = start_evaluation(state, code, line)
+      running = start_evaluation(state, code, line, true)
       %{state | running: Map.merge(running, %{index: nil, block: nil, code: code, line: line})}
     else
       _ -> state
@@ -494,8 +542,8 @@ defmodule BeamBridge.Session do
     end
   end
 
-  defp start_evaluation(state, code, line) do
-    opts = Map.put(state.limits, :trace, state.options.trace)
+  defp start_evaluation(state, code, line, speculative \\ false) do
+    opts = Map.merge(state.limits, %{trace: state.options.trace, speculative: speculative})
     running = Evaluator.start(code, line, state.context, opts)
 
     timer =
@@ -528,13 +576,17 @@ defmodule BeamBridge.Session do
     end
   end
 
-  defp remember(state, index),
-    do: %{state | history: Map.put(state.history, index, state.context)}
+  defp remember(state, index) do
+    {replaced, history} = Map.pop(state.history, index)
+    state = add_refs(%{state | history: Map.put(history, index, state.context)}, [state.context])
+    drop_refs(state, List.wrap(replaced))
+  end
 
   # The history keeps the fresh context and the last `max_history` ones.
   defp forget_oldest(%{history: history, history_floor: floor} = state) do
     if map_size(history) > state.caps.max_history + 1 do
-      %{state | history: Map.delete(history, floor), history_floor: floor + 1}
+      {oldest, history} = Map.pop(history, floor)
+      drop_refs(%{state | history: history, history_floor: floor + 1}, [oldest])
     else
       state
     end
@@ -547,6 +599,7 @@ defmodule BeamBridge.Session do
     elapsed = System.monotonic_time(:microsecond) - running.started
     Process.demonitor(running.monitor, [:flush])
     Evaluator.kill(running)
+    sweep_modules(state, running)
     cancel_timer(running.timer)
     held = IOProxy.stop(running.proxy)
     state |> drain_output(running) |> emit_output(running, held)
@@ -620,15 +673,67 @@ defmodule BeamBridge.Session do
     }
   end
 
-  # Modules the session defined after `kept` (all of them when `kept` is
-  # nil: the session ends) are purged; modules of a killed fragment are
-  # found by the session's namespace.
-  defp purge_modules({_, _, nil}, _kept), do: :ok
+  # -- module versions
 
-  defp purge_modules({_, _, scope}, nil), do: Policy.purge(Policy.loaded_modules(scope))
+  defp reachable({_, _, nil}), do: []
+  defp reachable({_, _, scope}), do: Scope.reachable(scope)
 
-  defp purge_modules({_, _, scope}, {_, _, kept}),
-    do: Policy.purge(Policy.modules(scope) -- Policy.modules(kept))
+  defp add_refs(state, contexts) do
+    {refs, held} = count_refs(state.module_refs, contexts, 1)
+    if held != [], do: Modules.hold(self(), held)
+    %{state | module_refs: refs}
+  end
+
+  defp drop_refs(state, contexts) do
+    {refs, released} = count_refs(state.module_refs, contexts, -1)
+    if released != [], do: Modules.release(self(), released)
+    %{state | module_refs: refs}
+  end
+
+  # `refs` with `step` added for every version each context reaches, and
+  # the versions whose count came up from zero or went down to it.
+  defp count_refs(refs, contexts, step) do
+    contexts
+    |> Enum.flat_map(&reachable/1)
+    |> Enum.reduce({refs, []}, fn module, {refs, crossed} ->
+      case Map.get(refs, module, 0) + step do
+        0 -> {Map.delete(refs, module), [module | crossed]}
+        1 when step == 1 -> {Map.put(refs, module, 1), [module | crossed]}
+        count -> {Map.put(refs, module, count), crossed}
+      end
+    end)
+  end
+
+  defp failed_scope(_state, nil), do: nil
+
+  defp failed_scope(%{context: {_, _, before}}, scope) do
+    {scope, made} = Scope.rollback_modules(scope, before)
+    if made != [], do: Modules.release(self(), made)
+    scope
+  end
+
+  # A killed fragment's scope never came back: what it loaded is found in
+  # the session's namespace, once the evaluation is gone (the kill is a
+  # signal, and until it lands the evaluation may load one more module).
+  defp sweep_modules(%{context: {_, _, nil}}, _running), do: :ok
+
+  defp sweep_modules(%{context: {_, _, scope}}, running) do
+    monitor = Process.monitor(running.pid)
+
+    receive do
+      {:DOWN, ^monitor, :process, _, _} -> :ok
+    after
+      1_000 -> Process.demonitor(monitor, [:flush])
+    end
+
+    Modules.sweep(scope.namespace)
+  end
+
+  defp leave_modules(%{context: {_, _, nil}}), do: :ok
+  defp leave_modules(_state), do: Modules.leave(self())
+
+  defp humanize_versions(text, nil), do: text
+  defp humanize_versions(text, scope), do: Scope.humanize_versions(text, scope)
 
   defp binary_bytes(pid) do
     case Process.info(pid, :binary) do
@@ -642,5 +747,139 @@ defmodule BeamBridge.Session do
 
   defp emit(state, type, fields) do
     send(state.owner, {:bridge_event, Map.merge(fields, %{type: type, session: state.id})})
+  end
+end
+
+defmodule BeamBridge.Session.Modules do
+  @moduledoc """
+  The node-wide record of which live sessions can reach which module
+  versions, and the one place that unloads them.
+
+  A session holds the versions its history reaches (a fork also those of
+  the context it started from, held for it by its parent before the
+  context is handed over). A version is unloaded once no holder is left,
+  so a parent and its forks share versions however they close, rewind or
+  crash: a holder that goes down releases everything it held. Versions
+  nobody ever held (those of a killed fragment) are found by the
+  namespace of the session that made them (`sweep/1`).
+
+  A process of its own, started before the sessions, so that the record
+  outlives any of them.
+  """
+
+  use GenServer
+
+  alias BeamBridge.Policy
+
+  @doc false
+  def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)
+
+  @doc """
+  Registers `session` and the namespace its versions are made in: when it
+  goes down, whatever is left there unheld is unloaded.
+  """
+  @spec join(pid, binary) :: :ok
+  def join(session, namespace), do: GenServer.call(__MODULE__, {:join, session, namespace})
+
+  @doc "`holder` can reach `modules` from now on."
+  @spec hold(pid, [module]) :: :ok
+  def hold(holder, modules), do: GenServer.call(__MODULE__, {:hold, holder, modules})
+
+  @doc "`holder` no longer reaches `modules`; those nobody holds are unloaded."
+  @spec release(pid, [module]) :: :ok
+  def release(holder, modules), do: GenServer.call(__MODULE__, {:release, holder, modules})
+
+  @doc "Unloads every module in `namespace` that nobody holds."
+  @spec sweep(binary) :: :ok
+  def sweep(namespace), do: GenServer.call(__MODULE__, {:sweep, namespace})
+
+  @doc "Releases all `holder` holds, then sweeps the namespace it joined with."
+  @spec leave(pid) :: :ok
+  def leave(holder), do: GenServer.call(__MODULE__, {:leave, holder})
+
+  @impl true
+  def init(:ok), do: {:ok, %{holders: %{}, held: %{}, namespaces: %{}, monitors: %{}}}
+
+  @impl true
+  def handle_call({:join, session, namespace}, _from, state) do
+    state = watch(state, session)
+    {:reply, :ok, put_in(state.namespaces[session], namespace)}
+  end
+
+  def handle_call({:hold, holder, modules}, _from, state) do
+    state = watch(state, holder)
+
+    state =
+      Enum.reduce(modules, state, fn module, state ->
+        holders = Map.get(state.holders, module, MapSet.new())
+        held = Map.get(state.held, holder, MapSet.new())
+
+        %{
+          state
+          | holders: Map.put(state.holders, module, MapSet.put(holders, holder)),
+            held: Map.put(state.held, holder, MapSet.put(held, module))
+        }
+      end)
+
+    {:reply, :ok, state}
+  end
+
+  def handle_call({:release, holder, modules}, _from, state),
+    do: {:reply, :ok, release_modules(state, holder, modules)}
+
+  def handle_call({:sweep, namespace}, _from, state) do
+    sweep_namespace(state, namespace)
+    {:reply, :ok, state}
+  end
+
+  def handle_call({:leave, holder}, _from, state), do: {:reply, :ok, forget(state, holder)}
+
+  @impl true
+  def handle_info({:DOWN, _, :process, holder, _}, state), do: {:noreply, forget(state, holder)}
+
+  defp watch(state, pid) do
+    if Map.has_key?(state.monitors, pid),
+      do: state,
+      else: put_in(state.monitors[pid], Process.monitor(pid))
+  end
+
+  defp forget(state, holder) do
+    state = release_modules(state, holder, Map.get(state.held, holder, []))
+    {namespace, namespaces} = Map.pop(state.namespaces, holder)
+    if namespace, do: sweep_namespace(state, namespace)
+    {monitor, monitors} = Map.pop(state.monitors, holder)
+    if monitor, do: Process.demonitor(monitor, [:flush])
+    %{state | namespaces: namespaces, monitors: monitors, held: Map.delete(state.held, holder)}
+  end
+
+  defp release_modules(state, holder, modules) do
+    {holders, unheld} =
+      Enum.reduce(modules, {state.holders, []}, fn module, {holders, unheld} ->
+        left = holders |> Map.get(module, MapSet.new()) |> MapSet.delete(holder)
+
+        if MapSet.size(left) == 0,
+          do: {Map.delete(holders, module), [module | unheld]},
+          else: {Map.put(holders, module, left), unheld}
+      end)
+
+    Policy.purge(unheld)
+    held = Map.get(state.held, holder, MapSet.new())
+
+    %{
+      state
+      | holders: holders,
+        held: Map.put(state.held, holder, MapSet.difference(held, MapSet.new(modules)))
+    }
+  end
+
+  defp sweep_namespace(state, namespace) do
+    prefix = namespace <> "."
+
+    for {module, _} <- :code.all_loaded(),
+        String.starts_with?(Atom.to_string(module), prefix),
+        not Map.has_key?(state.holders, module) do
+      module
+    end
+    |> Policy.purge()
   end
 end

@@ -6,14 +6,30 @@ defmodule BeamBridge.Speculation do
   whether it goes on (`|>` …) or not. Running it during that wait hides the
   wait from the result's latency, but only if a run that turns out to be
   wrong cannot be observed: it is killed and forgotten, its output never
-  sent. So only fragments whose sole effect is output qualify: a small
-  allowlist of pure modules and Kernel functions, literals, variables,
-  pattern matches, anonymous functions and comprehensions. Calling a
-  function value could do anything, so a fragment that calls one, or that
-  names a binding holding a function, does not qualify.
+  sent. So only fragments whose sole effect is output qualify.
 
-  The check is syntactic and conservative: anything it does not know makes
-  the fragment wait for its commit as usual.
+  What has effects is the sandbox policy's call: `BeamBridge.Policy.check/3`
+  flags a fragment `:effects` or `:pure`, and a speculative evaluation whose
+  fragment it flags `:effects` stops before running anything
+  (`runs_early?/1`, asked by the evaluator). That flag answers a different
+  question, though — may this code run at all — and passes code whose early
+  run could be seen: sending a message, sleeping (a run that is dropped
+  still held the session up), calling a function value that may do
+  anything, and expanding a session's own macros, whose code runs during
+  the check. So the session first applies the stricter rule below
+  (`pure?/2`), and only then starts the run; it is the only place that rule
+  lives:
+
+    * a small allowlist of pure modules and Kernel functions, literals,
+      variables, pattern matches, anonymous functions and comprehensions;
+    * no call of a function value, and no name of a binding holding a
+      function, which the fragment could call;
+    * no name that is not an atom yet, except a new variable, so that a
+      run that is dropped made no atom the session did not count.
+
+  The rule is syntactic and conservative, and runs in the session before
+  any evaluation starts: anything it does not know makes the fragment wait
+  for its commit as usual.
   """
 
   alias BeamBridge.Policy.Scope
@@ -54,7 +70,14 @@ defmodule BeamBridge.Speculation do
   def modules, do: [IO | @pure_modules] ++ @pure_erlang
 
   @doc """
-  Whether `code` (a complete expression) may run before it is committed,
+  Whether a speculative evaluation goes on running once the policy has
+  checked its fragment: only when the policy found no effects.
+  """
+  @spec runs_early?(:pure | :effects) :: boolean
+  def runs_early?(effects), do: effects == :pure
+
+  @doc """
+  Whether `code` (a complete expression) may start before it is committed,
   in a context with `binding`. Parsing here creates no atoms: a name the VM
   does not know yet disqualifies the fragment.
   """

@@ -8,6 +8,16 @@ defmodule BeamBridge.Policy.Scope do
   A scope is plain data. It travels with the session's context, so a rewind
   or a fork takes the scope of the fragment it returns to.
 
+  ## Modules
+
+  Every fragment that defines `Foo` makes a module of its own, a version,
+  and the scope maps the name `Foo` to the newest one. A version is never
+  changed after it is loaded, so the contexts saved in the history keep
+  the versions they knew: a rewind finds `Foo` as it was, and a fork shares
+  its parent's versions while its own `defmodule Foo` makes one in the
+  fork's namespace. Which versions stay loaded is the session's business
+  (`BeamBridge.Session.Modules`); `reachable/1` says what a scope needs.
+
   ## Atoms
 
   The node creates a fixed pool of variable atoms once (`setup/0`):
@@ -32,6 +42,7 @@ defmodule BeamBridge.Policy.Scope do
     var_names: %{},
     next_var: 0,
     modules: %{},
+    names: %{},
     defined: [],
     atoms: 0,
     dry: false
@@ -41,7 +52,10 @@ defmodule BeamBridge.Policy.Scope do
     * `:namespace` - the prefix of the session's modules, `"Elixir.BeamBridge.User.S<n>"`
     * `:vars` - unknown variable name => pool atom; `:var_names` the reverse
     * `:modules` - a name the session's code uses ("Foo", "Foo.Bar") => module
-    * `:defined` - modules the session defined, newest first
+    * `:names` - every module version the scope can reach => the name its
+      `defmodule` gave it
+    * `:defined` - the versions this session made along the scope's past
+      (not those a fork inherited), newest first
     * `:atoms` - new atoms this session made
   """
   @type t :: %__MODULE__{
@@ -51,6 +65,7 @@ defmodule BeamBridge.Policy.Scope do
           var_names: %{atom => binary},
           next_var: non_neg_integer,
           modules: %{binary => module},
+          names: %{module => binary},
           defined: [module],
           atoms: non_neg_integer,
           dry: boolean
@@ -67,14 +82,20 @@ defmodule BeamBridge.Policy.Scope do
   end
 
   @doc """
-  A scope for a fork of `parent`: the same variable names and module names
-  (the parent's modules stay callable while the parent lives), counted
+  A scope for a fork of `parent`: the same variable names and module names,
+  reaching the parent's module versions, with atoms and definitions counted
   afresh.
   """
   @spec fork(t, binary) :: t
   def fork(%__MODULE__{} = parent, session_id) do
-    %{new(session_id) | vars: parent.vars, var_names: parent.var_names}
-    |> Map.merge(%{next_var: parent.next_var, modules: parent.modules})
+    %{
+      new(session_id)
+      | vars: parent.vars,
+        var_names: parent.var_names,
+        next_var: parent.next_var,
+        modules: parent.modules,
+        names: parent.names
+    }
   end
 
   @doc """
@@ -183,30 +204,153 @@ defmodule BeamBridge.Policy.Scope do
   end
 
   @doc """
-  The module for the session-visible name `name` (say "Foo.Bar"), defined
-  under the session's namespace and registered, counted against the
-  module limit.
+  A new module version for a `defmodule` of the session-visible name
+  `name` (say "Foo.Bar"), registered under that name and counted against
+  the module limit.
+
+  The first version is `<namespace>.Foo.Bar`, later ones
+  `<namespace>.V<k>.Foo.Bar`: the first of these names that no loaded
+  module has, so a version that was unloaded lends its atom to the next.
+  A second `defmodule` of `name` in the same fragment gets the version
+  the first one made, which is not loaded yet, as in a plain compile.
   """
   @spec define(t, binary) :: {:ok, module, t} | {:error, binary}
   def define(scope, name) do
-    case scope.modules do
-      %{^name => module} ->
-        {:ok, module, scope}
+    module = scope.modules[name]
 
-      _new when length(scope.defined) >= @max_modules ->
-        {:error, "too many modules in this session (#{@max_modules})"}
+    if module != nil and made_now?(scope, module, name),
+      do: {:ok, module, scope},
+      else: new_version(scope, name)
+  end
 
-      _new ->
-        with {:ok, module, scope} <- atom(scope, scope.namespace <> "." <> name) do
-          scope = %{
-            scope
-            | modules: Map.put(scope.modules, name, module),
-              defined: [module | scope.defined]
-          }
+  defp new_version(scope, _name) when length(scope.defined) >= @max_modules do
+    {:error,
+     "too many module definitions in this session (#{@max_modules}, each redefinition " <>
+       "counting as one more); rewind past some or open a new session"}
+  end
 
-          {:ok, module, scope}
-        end
+  defp new_version(scope, name) do
+    with {:ok, module, scope} <- free_version(scope, name, 1) do
+      scope = %{
+        scope
+        | modules: Map.put(scope.modules, name, module),
+          names: Map.put(scope.names, module, name),
+          defined: [module | scope.defined]
+      }
+
+      {:ok, module, scope}
     end
+  end
+
+  # Parsing comes before any of the fragment runs, so a version of this
+  # session that is not loaded yet was made by the fragment being parsed
+  # (a dry run's versions are still pending atoms).
+  defp made_now?(scope, module, name) do
+    scope.names[module] == name and
+      case module do
+        {:pending, _text} -> true
+        module -> in_namespace?(scope, module) and not :erlang.module_loaded(module)
+      end
+  end
+
+  defp free_version(scope, name, k) do
+    text =
+      if k == 1,
+        do: scope.namespace <> "." <> name,
+        else: scope.namespace <> ".V" <> Integer.to_string(k) <> "." <> name
+
+    case existing_atom(text) do
+      nil ->
+        atom(scope, text)
+
+      module ->
+        if :erlang.module_loaded(module),
+          do: free_version(scope, name, k + 1),
+          else: {:ok, module, scope}
+    end
+  end
+
+  defp existing_atom(text) do
+    :erlang.binary_to_existing_atom(text)
+  catch
+    :error, :badarg -> nil
+  end
+
+  defp in_namespace?(scope, module),
+    do: String.starts_with?(Atom.to_string(module), scope.namespace <> ".")
+
+  @doc """
+  Every module version `scope` can reach, by a name or by a value made
+  while a name led to it: what must stay loaded while a context holding
+  the scope lives.
+  """
+  @spec reachable(t) :: [module]
+  def reachable(%__MODULE__{names: names}),
+    do: for({module, _} <- names, is_atom(module), do: module)
+
+  @doc """
+  The scope a failed fragment leaves: `failed` (the fragment's atoms and
+  variable names stay counted) with the module names of `before`, and the
+  versions the fragment made, which nothing can reach now.
+  """
+  @spec rollback_modules(t, t) :: {t, [module]}
+  def rollback_modules(failed, before) do
+    made = for module <- failed.defined -- before.defined, is_atom(module), do: module
+    {%{failed | modules: before.modules, names: before.names, defined: before.defined}, made}
+  end
+
+  @doc """
+  Rewrites, in `text` that `BeamBridge.Policy.humanize/2` has already
+  handled, the versions `scope` reaches to the names their `defmodule`
+  gave them: `V2.Foo` (a redefinition) and the full name of a version a
+  fork inherited become `Foo`. Only whole names are rewritten, so a text
+  the session's code made that merely looks like one is left alone unless
+  it spells a real version.
+  """
+  @spec humanize_versions(binary, t) :: binary
+  def humanize_versions(text, %__MODULE__{} = scope) do
+    shown = shown_versions(scope)
+
+    if shown != %{} and String.contains?(text, Map.keys(shown)) do
+      alternatives =
+        shown
+        |> Map.keys()
+        |> Enum.sort_by(&(-byte_size(&1)))
+        |> Enum.map_join("|", &Regex.escape/1)
+
+      regex = Regex.compile!("(?:(?<![\\w.])|(?<=\\bElixir\\.))(?:#{alternatives})(?!\\w)")
+      Regex.replace(regex, text, &Map.fetch!(shown, &1))
+    else
+      text
+    end
+  end
+
+  # How each version reads before the rewrite => the name to show. The
+  # first version of a name in the session's own namespace already reads
+  # right once the namespace is taken off.
+  defp shown_versions(scope) do
+    own = String.replace_prefix(scope.namespace, "Elixir.", "") <> "."
+
+    scope.names
+    |> Enum.flat_map(fn
+      {module, name} when is_atom(module) ->
+        full = String.replace_prefix(Atom.to_string(module), "Elixir.", "")
+
+        cond do
+          full == own <> name ->
+            []
+
+          String.starts_with?(full, own) ->
+            [{full, name}, {String.replace_prefix(full, own, ""), name}]
+
+          true ->
+            [{full, name}]
+        end
+
+      _pending ->
+        []
+    end)
+    |> Map.new()
   end
 
   @doc "Makes `name` a further name of the session's module `module` (an `alias`)."
