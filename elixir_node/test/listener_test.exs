@@ -68,6 +68,26 @@ defmodule BeamBridge.ListenerTest do
       assert stats.processes > 0 and stats.memory_bytes > 0 and stats.sessions >= 0
     end
 
+    test "a peer that sends no hello is refused once the handshake timeout passes" do
+      name = :"listener_#{System.unique_integer([:positive])}"
+      opts = [name: name, port: 0, secret: @secret, max_frame_bytes: 64 * 1024]
+      start_supervised!({Listener, [handshake_timeout_ms: 50] ++ opts}, id: name)
+      socket = connect(Listener.port(name))
+
+      assert %{type: :error, code: :bad_handshake, message: message} = receive_term(socket)
+      assert message =~ "handshake timeout"
+      assert {:error, :closed} = :gen_tcp.recv(socket, 0, 5_000)
+    end
+
+    test "a large frame before the handshake is refused without being read", %{port: port} do
+      socket = connect(port)
+      :ok = :gen_tcp.send(socket, :binary.copy("x", 100_000))
+
+      assert %{type: :error, code: :frame_too_large, message: message} = receive_term(socket)
+      assert message =~ "before the handshake"
+      assert {:error, :closed} = :gen_tcp.recv(socket, 0, 5_000)
+    end
+
     test "a wrong secret is refused and the connection closed", %{port: port} do
       socket = connect(port)
       send_term(socket, %{type: :hello, version: 1, secret: "nope"})

@@ -78,6 +78,17 @@ defmodule BeamBridge.SessionTest do
       assert [%{ok: true, value: "1"}] = results(eval(pid, "x"))
     end
 
+    test "a fragment that binds and then fails leaves no binding behind" do
+      {_id, pid} = open()
+      eval(pid, "x = 1")
+
+      assert [%{ok: false, error: %{kind: "RuntimeError"}}] =
+               results(eval(pid, "(x = 2; y = 5; raise \"late\")"))
+
+      assert [%{ok: true, value: "1"}, %{ok: false, error: %{kind: "CompileError"}}] =
+               results(eval(pid, "x\ny"))
+    end
+
     test "a syntax error in the middle does not stop the fragments after it" do
       {_id, pid} = open()
       events = eval(pid, "a = 1\nb = )\nc = a + 1")
@@ -168,6 +179,19 @@ defmodule BeamBridge.SessionTest do
   end
 
   describe "sessions" do
+    test "a long fragment in one session does not hold up another" do
+      {slow, slow_pid} = open()
+      {quick, quick_pid} = open()
+      Session.request(slow_pid, {:eval, "Process.sleep(3_000)\n:slow"})
+      assert_receive {:bridge_event, %{type: :fragment, session: ^slow, index: 1}}
+
+      # Run one after the other, the quick result would wait 3 s.
+      Session.request(quick_pid, {:eval, "1 + 1"})
+      assert_receive {:bridge_event, %{type: :result, session: ^quick, value: "2"}}, 2_000
+      refute_received {:bridge_event, %{type: :result, session: ^slow}}
+      assert_receive {:bridge_event, %{type: :done, session: ^slow}}, 5_000
+    end
+
     test "do not see each other's bindings" do
       {_a, a} = open()
       {_b, b} = open()

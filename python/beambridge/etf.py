@@ -3,11 +3,11 @@
 Codec choice: Discord's ``erlpack`` (Cython, on PyPI with wheels). It maps
 ``nil`` to ``None`` as Elixir does, decodes atoms to a ``str`` subclass and,
 with ``encoding="utf-8"``, binaries straight to ``str``, so a node event comes
-out JSON-ready in one pass. Measured on a 7-key ``result`` event (see
-``bench/codec.py``): erlpack decodes in ~10 µs and encodes an ``eval`` in
-~1 µs; ``erlang-py`` takes ~48 µs and ~14 µs and wraps every term in classes
-that need a second conversion pass; a pure-Python decoder of our own was no
-faster than erlpack (~10 µs), so writing one was not worth it.
+out JSON-ready in one pass. Measured once on a 7-key ``result`` event,
+when the codec was chosen: erlpack decodes in ~10 µs and encodes an ``eval``
+in ~1 µs; ``erlang-py`` took ~48 µs and ~14 µs and wraps every term in
+classes that need a second conversion pass. A codec of our own would have
+to beat erlpack to be worth keeping, and there was no sign it could.
 """
 
 from __future__ import annotations

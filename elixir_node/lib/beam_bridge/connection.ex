@@ -10,6 +10,11 @@ defmodule BeamBridge.Connection do
   Every frame is decoded with `binary_to_term(bin, [:safe])`; anything that
   cannot be acted on is answered with an `:error` message and the connection
   keeps serving. Only a wrong handshake or an oversized frame closes it.
+
+  Until the hello is accepted a peer is a stranger: it has
+  `:handshake_timeout_ms` to send it, and its frames may be at most
+  #{64 * 1024} bytes, so an unauthenticated peer can hold neither a
+  process nor a large buffer for long.
   """
 
   use GenServer, restart: :temporary
@@ -19,6 +24,8 @@ defmodule BeamBridge.Connection do
 
   @version 1
   @max_session_id_bytes 128
+  # Largest frame before the handshake: a hello is a few dozen bytes.
+  @max_hello_bytes 64 * 1024
 
   @doc false
   @spec start(:gen_tcp.socket(), keyword) :: DynamicSupervisor.on_start_child()
@@ -40,7 +47,10 @@ defmodule BeamBridge.Connection do
       sessions: %{}
     }
 
-    {:ok, state}
+    timer =
+      Process.send_after(self(), :handshake_timeout, Keyword.fetch!(opts, :handshake_timeout_ms))
+
+    {:ok, Map.put(state, :handshake_timer, timer)}
   end
 
   @impl true
@@ -67,6 +77,13 @@ defmodule BeamBridge.Connection do
 
   def handle_info({:tcp_closed, _socket}, state), do: {:stop, :normal, state}
 
+  def handle_info(:handshake_timeout, %{authenticated: false} = state) do
+    refuse(state, :bad_handshake, "no hello within the handshake timeout")
+    {:stop, :normal, state}
+  end
+
+  def handle_info(:handshake_timeout, state), do: {:noreply, state}
+
   # Events waiting in the mailbox leave in the same write: a fragment's
   # result and its block's `done` usually arrive together.
   def handle_info({:bridge_event, event}, state) do
@@ -83,6 +100,12 @@ defmodule BeamBridge.Connection do
 
   # Frames are cut here rather than by the socket's `packet: 4` mode so that
   # an oversized frame can still be answered before the connection closes.
+  defp take_frames(<<size::32, _rest::binary>>, %{authenticated: false} = state)
+       when size > @max_hello_bytes do
+    refuse(state, :frame_too_large, "frame of #{size} bytes before the handshake")
+    :closed
+  end
+
   defp take_frames(<<size::32, _rest::binary>>, state) when size > state.max_frame_bytes do
     reply_error(
       state,
@@ -140,6 +163,7 @@ defmodule BeamBridge.Connection do
           max_frame_bytes: state.max_frame_bytes
         })
 
+        Process.cancel_timer(state.handshake_timer)
         %{state | authenticated: true}
     end
   end

@@ -12,6 +12,8 @@ defmodule BeamBridge.Listener do
     * `:port` - TCP port, `0` for a free one (required)
     * `:secret` - shared secret for the handshake (required)
     * `:max_frame_bytes` - largest frame accepted (required)
+    * `:handshake_timeout_ms` - how long a new connection may take to send
+      its hello before it is closed (default 5000)
     * `:announce` - print `beam_bridge listening on HOST:PORT` once ready,
       for the process that started the node (default `false`)
     * `:name` - registered name (default `BeamBridge.Listener`)
@@ -58,7 +60,13 @@ defmodule BeamBridge.Listener do
     case :gen_tcp.listen(Keyword.fetch!(opts, :port), socket_opts) do
       {:ok, listen} ->
         {:ok, port} = :inet.port(listen)
-        conn_opts = [secret: secret, max_frame_bytes: Keyword.fetch!(opts, :max_frame_bytes)]
+
+        conn_opts = [
+          secret: secret,
+          max_frame_bytes: Keyword.fetch!(opts, :max_frame_bytes),
+          handshake_timeout_ms: Keyword.get(opts, :handshake_timeout_ms, 5_000)
+        ]
+
         acceptor = spawn_link(fn -> accept_loop(listen, conn_opts) end)
         :ok = :gen_tcp.controlling_process(listen, acceptor)
 
