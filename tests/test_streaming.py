@@ -60,7 +60,8 @@ async def test_sdk_stream_yields_results_while_a_slow_stream_continues(
 
 
 async def test_sdk_eval_returns_fragments_output_and_results(gateway) -> None:
-    """``Session.eval`` collects a block's events into an Outcome."""
+    """``Session.eval`` collects a block's events into an Outcome; ``rewind(0)``
+    forgets every binding and numbers the next fragment 1."""
     async with await connect(gateway.url, token=TOKEN) as client:
         session = await client.open()
         outcome = await session.eval('IO.puts("hi")\n:ok\n1 / 0')
@@ -70,9 +71,13 @@ async def test_sdk_eval_returns_fragments_output_and_results(gateway) -> None:
         assert outcome.results[2].error is not None
         assert outcome.results[2].error.kind == "ArithmeticError"
         assert outcome.done.errors == 1
+        assert (await session.eval("kept = 7")).results[0].index == 4
         fork = await session.fork(1)
         assert (await fork.eval("1")).value == "1"
         await session.rewind(0)
+        (gone,) = (await session.eval("kept")).results
+        assert gone.index == 1 and gone.error is not None
+        assert gone.error.kind == "CompileError" and "kept" in gone.error.message
         await session.close()
         await session.close()
 

@@ -25,6 +25,13 @@ settings =
     announce: System.get_env("BEAM_BRIDGE_ANNOUNCE") not in [nil, "", "0"],
     stdin_link: System.get_env("BEAM_BRIDGE_STDIN_LINK") not in [nil, "", "0"],
     sandbox: System.get_env("BEAM_BRIDGE_SANDBOX") not in ["off", "0", "false"],
+    log_device:
+      (case System.get_env("BEAM_BRIDGE_LOG_DEVICE") do
+         nil -> nil
+         "stdout" -> :user
+         "stderr" -> :standard_error
+         other -> raise "BEAM_BRIDGE_LOG_DEVICE must be stdout or stderr, not #{inspect(other)}"
+       end),
     caps:
       Enum.reject(
         [

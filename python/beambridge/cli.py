@@ -100,11 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--no-auth", action="store_true", help="loopback hosts only")
     serve.add_argument(
         "--node",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="HOST:PORT",
-        help="a running node (repeatable); its secret from BEAM_BRIDGE_SECRET"
-        " or BEAM_BRIDGE_SECRET_FILE. Without --node: an embedded node",
+        help="running nodes (--node A B, or --node repeated); their secret from"
+        " BEAM_BRIDGE_SECRET or BEAM_BRIDGE_SECRET_FILE. Without --node: an"
+        " embedded node",
     )
     _limit_flags(serve)
     serve.add_argument(

@@ -128,6 +128,8 @@ class EmbeddedNode:
             BEAM_BRIDGE_PORT="0",
             BEAM_BRIDGE_SECRET=self.secret,
             BEAM_BRIDGE_STDIN_LINK="1",
+            # stdout carries the ready line; logs join the gateway's stderr.
+            BEAM_BRIDGE_LOG_DEVICE="stderr",
         )
         env.setdefault("MIX_ENV", "prod")
         self.process = await asyncio.create_subprocess_exec(

@@ -348,9 +348,13 @@ class NodePool:
         return min(live, key=lambda link: len(link.sessions))
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Each connected node's statistics from its last pong."""
+        """Each connected node's statistics from its last pong, by address.
+
+        Nodes run without Erlang distribution, so they all report the same
+        name (``nonode@nohost``); the address is what tells them apart.
+        """
         return {
-            str(link.node): link.stats
+            _address(link): link.stats
             for link in self.links
             if link.connected and link.stats
         }
@@ -360,11 +364,16 @@ class NodePool:
         return [
             {
                 "node": link.node,
-                "address": f"{link.address[0]}:{link.address[1]}"
-                if link.address
-                else None,
+                "address": _address(link) if link.address else None,
                 "sessions": len(link.sessions),
             }
             for link in self.links
             if link.connected
         ]
+
+
+def _address(link: BeamLink) -> str:
+    """``host:port`` of the node a link reaches (its name when unknown)."""
+    if link.address is None:
+        return str(link.node)
+    return f"{link.address[0]}:{link.address[1]}"

@@ -54,9 +54,9 @@ class Metrics:
     def render(self, nodes: dict[str, dict[str, int]] | None = None) -> str:
         """The Prometheus text format of every metric.
 
-        ``nodes`` maps each connected node's name to the statistics of its
+        ``nodes`` maps each connected node's address to the statistics of its
         last pong (``atoms``, ``atom_limit``, ``processes``, ``memory_bytes``,
-        ``sessions``), shown as gauges labelled with the node.
+        ``sessions``), shown as gauges labelled ``node="HOST:PORT"``.
         """
         lines = []
         gauges = (

@@ -24,6 +24,13 @@ defmodule BeamBridge.Application do
 
   @impl true
   def start(_type, _args) do
+    # The logger is up before this application's settings are read, so its
+    # device is switched here: stdout for a node run as a service, stderr
+    # (the default) when a gateway reads stdout for the ready line alone.
+    if device = Application.get_env(:beam_bridge, :log_device) do
+      Logger.configure_backend(:console, device: device)
+    end
+
     # The node's own modules name every atom of the bridge protocol: loaded
     # up front, a request that uses one decodes under `[:safe]` even before
     # the code that handles it has run once.
