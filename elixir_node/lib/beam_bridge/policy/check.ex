@@ -47,7 +47,7 @@ defmodule BeamBridge.Policy.Check do
     st = %{
       env: env,
       scope: scope,
-      ns: scope.namespace <> ".",
+      ns: guard_ns(scope),
       effects: :pure,
       ctx: :body,
       where: if(env.module, do: :module, else: :top),
@@ -60,6 +60,15 @@ defmodule BeamBridge.Policy.Check do
     # Code a macro generated has no line of its own: the fragment's is used.
     {:denied, message, meta} ->
       {:error, %{kind: "denied", message: message, line: line(meta) || first_line(quoted)}}
+  end
+
+  # What the guards are told about the session's modules: its namespace,
+  # and for a fork the versions it inherited, which live in its parents'.
+  defp guard_ns(scope) do
+    case Scope.inherited(scope) do
+      [] -> scope.namespace <> "."
+      inherited -> {scope.namespace <> ".", inherited}
+    end
   end
 
   defp first_line(quoted) do
@@ -526,8 +535,15 @@ defmodule BeamBridge.Policy.Check do
 
   defp capture(node, {{:., _, [left, fun]}, _, []}, arity, meta, st) when is_atom(fun) do
     case static_module(left, st) do
-      {:ok, module} -> capture_remote(node, module, fun, arity, meta, st)
-      :dynamic -> deny!("a capture of #{fun}/#{arity} on a module that is a value", meta)
+      {:ok, module} ->
+        capture_remote(node, module, fun, arity, meta, st)
+
+      :dynamic when st.ctx != :body ->
+        deny!("a capture of #{fun}/#{arity} on a module that is a value", meta)
+
+      :dynamic ->
+        {left, st} = walk(left, st)
+        {{{:., [], [@guard, :capture]}, meta, [left, fun, arity, st.ns]}, st}
     end
   end
 

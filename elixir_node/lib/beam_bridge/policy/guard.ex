@@ -14,7 +14,8 @@ defmodule BeamBridge.Policy.Guard do
   calls it cannot settle statically into calls of this module:
 
     * calls whose module or function is a value (`mod.fun()`, `apply/3`,
-      `map.key`), checked against `BeamBridge.Policy.Rules` when they run;
+      `map.key`, `&mod.fun/1`), checked against `BeamBridge.Policy.Rules`
+      when they run;
     * calls that allocate as much as their arguments say (`String.duplicate`,
       `Integer.pow`, a bitstring segment with a dynamic size, …), refused
       above a limit before anything is allocated;
@@ -51,8 +52,15 @@ defmodule BeamBridge.Policy.Guard do
 
   # -- dynamic calls
 
-  @doc "`mod.fun(args…)` where `mod` is a value; `ns` is the session's module prefix."
-  @spec call(term, atom, list, binary) :: term
+  @typedoc """
+  The session's modules as the rewritten code carries them: the prefix of
+  its namespace, with, for a fork, the versions it inherited (a list fixed
+  when the fork starts, see `BeamBridge.Policy.Scope.inherited/1`).
+  """
+  @type ns :: binary | {binary, [module]}
+
+  @doc "`mod.fun(args…)` where `mod` is a value; `ns` names the session's modules."
+  @spec call(term, atom, list, ns) :: term
   def call(module, fun, args, ns) when is_atom(module) do
     arity = length(args)
 
@@ -75,7 +83,7 @@ defmodule BeamBridge.Policy.Guard do
   end
 
   @doc "`value.key` without parentheses: a map field, or a zero-arity call on a module."
-  @spec dot(term, atom, binary) :: term
+  @spec dot(term, atom, ns) :: term
   def dot(%{} = map, key, _ns) do
     case map do
       %{^key => value} -> value
@@ -95,12 +103,32 @@ defmodule BeamBridge.Policy.Guard do
   def apply(fun, _args), do: deny!("apply/2 with #{preview(fun)}: only functions may be applied")
 
   @doc "`apply/3`, checked like `call/4`."
-  @spec apply(term, atom, list, binary) :: term
+  @spec apply(term, atom, list, ns) :: term
   def apply(module, fun, args, ns) when is_atom(fun) and is_list(args),
     do: call(module, fun, args, ns)
 
   def apply(_module, fun, _args, _ns),
     do: deny!("apply/3 with the function name #{preview(fun)}")
+
+  @doc """
+  `&mod.fun/arity` where `mod` is a value: a function of the session's
+  modules or of a module the allowlist allows whole for that function.
+  A guarded function is not captured this way, since its guard would be
+  bypassed.
+  """
+  @spec capture(term, atom, arity, ns) :: function
+  def capture(module, fun, arity, ns) when is_atom(module) do
+    case own?(module, ns) or Rules.rule(module, fun, arity) do
+      true -> Function.capture(module, fun, arity)
+      :allow -> Function.capture(module, fun, arity)
+      {:deny, reason} -> deny!("&#{inspect(module)}.#{fun}/#{arity} #{reason}")
+      _guarded -> deny!("&#{inspect(module)}.#{fun}/#{arity} is guarded; call it instead")
+    end
+  end
+
+  def capture(value, fun, arity, _ns) do
+    raise ArgumentError, "cannot capture #{fun}/#{arity} of #{preview(value)}: it is not a module"
+  end
 
   # -- struct names
 
@@ -109,7 +137,7 @@ defmodule BeamBridge.Policy.Guard do
   `struct/2`): protocols, `Access` and the calendar functions dispatch on
   it, so it must be a module the fragment could have named.
   """
-  @spec struct_name(term, binary) :: term
+  @spec struct_name(term, ns) :: term
   def struct_name(module, ns) when is_atom(module) do
     case Atom.to_string(module) do
       "Elixir." <> _ ->
@@ -138,6 +166,9 @@ defmodule BeamBridge.Policy.Guard do
     end)
   end
 
+  # As cheap for a fork as for any session: the inherited versions are a
+  # short literal list, looked at only when the prefix does not match.
+  defp own?(module, {ns, inherited}), do: own?(module, ns) or :lists.member(module, inherited)
   defp own?(module, ns), do: String.starts_with?(Atom.to_string(module), ns)
 
   # -- allocation

@@ -7,11 +7,15 @@ defmodule BeamBridge.Policy.Names do
   The parser hands each identifier, alias segment, keyword key and atom
   literal to `:static_atoms_encoder`; names that are atoms already stay
   atoms, the others come back as `{tag, name}` with a reference no source
-  text can spell. Two passes then replace the markers:
+  text can spell. Three passes then replace the markers:
 
     1. modules: every `defmodule` name gets its module under the session's
        namespace, and every `alias` of such a module its short name;
-    2. names: an alias is rewritten to the session's module it names, a
+    2. functions: a name without parentheses that is not a variable (the
+       name in a `def` head, a call of a function the fragment defines, a
+       capture `&name/1`, a module attribute, a name in a typespec) gets a
+       budgeted atom, as a name with parentheses would;
+    3. names: an alias is rewritten to the session's module it names, a
        variable gets its pool atom, any other marker a budgeted atom.
   """
 
@@ -21,6 +25,8 @@ defmodule BeamBridge.Policy.Names do
   @max_uses_per_name 32
   # Forms that look like variables but are not bindings.
   @special_vars [:_, :__MODULE__, :__ENV__, :__DIR__, :__CALLER__, :__STACKTRACE__]
+  @definitions ~w(def defp defmacro defmacrop defguard defguardp)a
+  @typespecs ~w(spec type typep opaque callback macrocallback)a
 
   @doc "See `BeamBridge.Policy.parse/3`."
   @spec parse(binary, pos_integer, Scope.t()) :: {:ok, Macro.t(), Scope.t()} | {:error, map}
@@ -64,6 +70,7 @@ defmodule BeamBridge.Policy.Names do
 
   defp names(quoted, tag, scope) do
     scope = modules(quoted, tag, nil, scope)
+    {quoted, scope} = functions(quoted, tag, scope)
     {quoted, scope} = Macro.prewalk(quoted, scope, &name(&1, &2, tag))
     count_uses!(quoted)
     %{quoted: quoted, scope: scope, atoms: scope.atoms}
@@ -173,7 +180,201 @@ defmodule BeamBridge.Policy.Names do
     end)
   end
 
-  # -- pass 2: names
+  # -- pass 2: function names
+
+  # `foo` without parentheses is a variable or a call of `foo/0`, and only
+  # the compiler knows which: it is a call where no variable `foo` is
+  # bound. Were every such name a variable, `def total, do: 1` would
+  # define a pool name. A name counts as a call where the fragment defines
+  # a function of that name and no pattern of the enclosing unit (the
+  # function clause; the module body; the top level, with the session's
+  # variables) binds it. A name that is a variable somewhere in its unit
+  # stays one everywhere in it, so an earlier call of it in that unit
+  # fails as undefined, under its own name, instead of the reverse.
+  defp functions(quoted, tag, scope) do
+    bound = bound_in(quoted, tag, MapSet.new(Map.keys(scope.vars)))
+    funs = defined_functions(quoted, tag, MapSet.new())
+    calls(quoted, %{tag: tag, funs: funs, bound: bound, vars: scope.vars}, scope)
+  end
+
+  # Only the top level sees the session's variables.
+  defp calls({:defmodule, meta, [name, [{:do, body}]]}, unit, scope) do
+    unit = %{unit | bound: bound_in(body, unit.tag, MapSet.new()), vars: %{}}
+    {body, scope} = calls(body, unit, scope)
+    {{:defmodule, meta, [name, [do: body]]}, scope}
+  end
+
+  defp calls({kind, meta, [head | rest]}, unit, scope) when kind in @definitions do
+    bound = head |> def_params() |> vars_in(unit.tag, MapSet.new())
+    unit = %{unit | bound: bound_in(rest, unit.tag, bound)}
+    {head, scope} = def_head(head, unit, scope)
+    {rest, scope} = calls(rest, unit, scope)
+    {{kind, meta, [head | rest]}, scope}
+  end
+
+  defp calls({:@, meta, [{{tag, name}, ameta, context}]}, %{tag: tag}, scope)
+       when is_atom(context) do
+    {:ok, atom, scope} = ok!(Scope.atom(scope, name), meta)
+    {{:@, meta, [{atom, ameta, context}]}, scope}
+  end
+
+  defp calls({:@, meta, [{kind, ameta, [spec]}]}, unit, scope) when kind in @typespecs do
+    {spec, scope} = type_names(spec, unit.tag, scope)
+    {{:@, meta, [{kind, ameta, [spec]}]}, scope}
+  end
+
+  defp calls(
+         {:&, meta, [{:/, smeta, [{{tag, name}, nmeta, context}, arity]}]},
+         %{tag: tag},
+         scope
+       )
+       when is_atom(context) and is_integer(arity) do
+    {:ok, atom, scope} = ok!(Scope.atom(scope, name), meta)
+    {{:&, meta, [{:/, smeta, [{atom, nmeta, context}, arity]}]}, scope}
+  end
+
+  defp calls({:&, _, [{:/, _, [{name, _, context}, arity]}]} = node, _unit, scope)
+       when is_atom(name) and is_atom(context) and is_integer(arity),
+       do: {node, scope}
+
+  # A session variable whose name became an atom later (a function or an
+  # atom literal of that name) still lives under its pool name.
+  defp calls({name, meta, context} = node, %{vars: vars} = unit, scope)
+       when is_atom(name) and is_atom(context) and vars != %{} do
+    text = Atom.to_string(name)
+    if is_map_key(vars, text), do: {{{unit.tag, text}, meta, context}, scope}, else: {node, scope}
+  end
+
+  defp calls({{tag, name}, meta, context} = node, %{tag: tag} = unit, scope)
+       when is_atom(context) do
+    if MapSet.member?(unit.funs, name) and not MapSet.member?(unit.bound, name) do
+      {:ok, atom, scope} = ok!(Scope.atom(scope, name), meta)
+      {{atom, meta, context}, scope}
+    else
+      {node, scope}
+    end
+  end
+
+  defp calls({left, meta, right}, unit, scope) do
+    {left, scope} = calls(left, unit, scope)
+    {right, scope} = calls(right, unit, scope)
+    {{left, meta, right}, scope}
+  end
+
+  defp calls({left, right}, unit, scope) do
+    {left, scope} = calls(left, unit, scope)
+    {right, scope} = calls(right, unit, scope)
+    {{left, right}, scope}
+  end
+
+  defp calls(list, unit, scope) when is_list(list),
+    do: Enum.map_reduce(list, scope, &calls(&1, unit, &2))
+
+  defp calls(leaf, _unit, scope), do: {leaf, scope}
+
+  defp def_head({:when, meta, [call, guard]}, unit, scope) do
+    {call, scope} = def_head(call, unit, scope)
+    {guard, scope} = calls(guard, unit, scope)
+    {{:when, meta, [call, guard]}, scope}
+  end
+
+  defp def_head({{tag, name}, meta, params}, %{tag: tag} = unit, scope) do
+    {:ok, atom, scope} = ok!(Scope.atom(scope, name), meta)
+    def_head({atom, meta, params}, unit, scope)
+  end
+
+  defp def_head({name, meta, params}, unit, scope) when is_atom(name) and is_list(params) do
+    {params, scope} = calls(params, unit, scope)
+    {{name, meta, params}, scope}
+  end
+
+  defp def_head(head, unit, scope), do: calls(head, unit, scope)
+
+  defp def_params({:when, _, [call, _guard]}), do: def_params(call)
+  defp def_params({_name, _, params}) when is_list(params), do: params
+  defp def_params(_head), do: []
+
+  # The names of the functions and macros the fragment defines, in any of
+  # its modules: a call of one without parentheses may name an import.
+  defp defined_functions({kind, _, [head | _]}, tag, acc) when kind in @definitions do
+    case def_name(head) do
+      {^tag, name} -> MapSet.put(acc, name)
+      _other -> acc
+    end
+  end
+
+  defp defined_functions({left, _, right}, tag, acc),
+    do: defined_functions(right, tag, defined_functions(left, tag, acc))
+
+  defp defined_functions({left, right}, tag, acc),
+    do: defined_functions(right, tag, defined_functions(left, tag, acc))
+
+  defp defined_functions(list, tag, acc) when is_list(list),
+    do: Enum.reduce(list, acc, &defined_functions(&1, tag, &2))
+
+  defp defined_functions(_leaf, _tag, acc), do: acc
+
+  defp def_name({:when, _, [call, _guard]}), do: def_name(call)
+  defp def_name({name, _, _}), do: name
+  defp def_name(_head), do: nil
+
+  # The names a unit binds: the variables in its patterns (the left of
+  # `=`, `<-` and `->`), not looking into the modules and functions it
+  # contains, which are units of their own.
+  defp bound_in({kind, _, _}, _tag, acc) when kind in [:defmodule | @definitions], do: acc
+
+  defp bound_in({op, _, [left, right]}, tag, acc) when op in [:=, :<-, :->] do
+    acc = vars_in(left, tag, acc)
+    bound_in(right, tag, bound_in(left, tag, acc))
+  end
+
+  defp bound_in({left, _, right}, tag, acc), do: bound_in(right, tag, bound_in(left, tag, acc))
+  defp bound_in({left, right}, tag, acc), do: bound_in(right, tag, bound_in(left, tag, acc))
+
+  defp bound_in(list, tag, acc) when is_list(list),
+    do: Enum.reduce(list, acc, &bound_in(&1, tag, &2))
+
+  defp bound_in(_leaf, _tag, acc), do: acc
+
+  # A default argument is code, not a pattern.
+  defp vars_in({:\\, _, [pattern, _default]}, tag, acc), do: vars_in(pattern, tag, acc)
+
+  defp vars_in({{tag, name}, _, context}, tag, acc) when is_atom(context),
+    do: MapSet.put(acc, name)
+
+  defp vars_in({left, _, right}, tag, acc), do: vars_in(right, tag, vars_in(left, tag, acc))
+  defp vars_in({left, right}, tag, acc), do: vars_in(right, tag, vars_in(left, tag, acc))
+
+  defp vars_in(list, tag, acc) when is_list(list),
+    do: Enum.reduce(list, acc, &vars_in(&1, tag, &2))
+
+  defp vars_in(_leaf, _tag, acc), do: acc
+
+  # In a typespec every name is a type, a type variable or the function it
+  # specifies, all of them atoms the compiler compares by name.
+  defp type_names({{tag, name}, meta, context}, tag, scope) when is_atom(context) do
+    {:ok, atom, scope} = ok!(Scope.atom(scope, name), meta)
+    {{atom, meta, context}, scope}
+  end
+
+  defp type_names({left, meta, right}, tag, scope) do
+    {left, scope} = type_names(left, tag, scope)
+    {right, scope} = type_names(right, tag, scope)
+    {{left, meta, right}, scope}
+  end
+
+  defp type_names({left, right}, tag, scope) do
+    {left, scope} = type_names(left, tag, scope)
+    {right, scope} = type_names(right, tag, scope)
+    {{left, right}, scope}
+  end
+
+  defp type_names(list, tag, scope) when is_list(list),
+    do: Enum.map_reduce(list, scope, &type_names(&1, tag, &2))
+
+  defp type_names(leaf, _tag, scope), do: {leaf, scope}
+
+  # -- pass 3: names
 
   defp name({:__aliases__, meta, segments} = node, scope, tag) do
     case segment_names(segments, tag) do

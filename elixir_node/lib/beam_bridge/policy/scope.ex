@@ -358,10 +358,30 @@ defmodule BeamBridge.Policy.Scope do
   def alias_module(scope, name, module),
     do: %{scope | modules: Map.put(scope.modules, name, module)}
 
-  @doc "Whether `module` belongs to this session (or, for a fork, to its parents)."
+  @doc """
+  Whether `module` is one of the session's: in its namespace, or a version
+  the scope reaches (for a fork, those it inherited).
+  """
   @spec own?(t, atom) :: boolean
   def own?(scope, module) do
-    text = Atom.to_string(module)
-    String.starts_with?(text, scope.namespace <> ".") or module in Map.values(scope.modules)
+    is_map_key(scope.names, module) or
+      String.starts_with?(Atom.to_string(module), scope.namespace <> ".")
+  end
+
+  @doc """
+  The versions `scope` reaches outside its own namespace: those a fork
+  inherited, in a fixed order. A fork adds versions only to its own
+  namespace, so the list stays the same for the fork's life.
+  """
+  @spec inherited(t) :: [module]
+  def inherited(%__MODULE__{names: names, namespace: namespace}) do
+    own = namespace <> "."
+
+    for {module, _} <- names,
+        is_atom(module),
+        not String.starts_with?(Atom.to_string(module), own) do
+      module
+    end
+    |> Enum.sort()
   end
 end
