@@ -3,7 +3,7 @@ defmodule BeamBridge.EvaluationDetailsTest do
 
   import BeamBridge.SessionHelpers
 
-  alias BeamBridge.{Evaluator, Policy, Session}
+  alias BeamBridge.{Evaluator, Policy, Session, Trace}
 
   # Four one-line fragments, so that the fragment under test starts on
   # line 5 of its block.
@@ -32,10 +32,33 @@ defmodule BeamBridge.EvaluationDetailsTest do
       end
     end
 
-    test "inside a function body, and inside an if, is the line within the body" do
+    test "inside a function body is the line of the call that ran it" do
       {_id, pid} = open_session()
-      in_fn = "Enum.each([1], fn x ->\n  _ = x\n  raise \"in fn\"\nend)"
+      in_fn = "x = 2\n|> List.wrap()\n|> Enum.each(fn x ->\n  _ = x\n  raise \"in fn\"\nend)"
       assert %{error: %{kind: "RuntimeError", line: 7}} = last_result(pid, in_fn)
+    end
+
+    test "inside a comprehension is the line of the for" do
+      {_id, pid} = open_session()
+      code = "y = 0\n|> List.wrap()\nfor x <- [1, 2],\n    x > 0 do\n  div(x, y)\nend"
+      events = eval(pid, @lead <> code)
+      assert %{ok: false, error: %{kind: "ArithmeticError", line: 7}} = List.last(results(events))
+    end
+
+    test "leaves the bodies of functions and comprehensions without markers" do
+      code = "f = fn x ->\n  y = x\n  y + 1\nend\nfor z <- [1],\n  z > 0,\n  do: div(z, 1)"
+      located = code |> Code.string_to_quoted!() |> Trace.locate(1, 0)
+
+      forms =
+        located |> Macro.prewalker() |> Enum.filter(&match?({f, _, _} when f in [:fn, :for], &1))
+
+      assert Macro.to_string(located) =~ "BeamBridge.Trace.at(nil, 5, 0)"
+      assert [_fun, _comprehension] = forms
+      for form <- forms, do: refute(Macro.to_string(form) =~ "Trace.at")
+    end
+
+    test "inside an if is the line within the body" do
+      {_id, pid} = open_session()
       in_if = "if a == 1 do\n  y = a\n  y + :not_a_number\nend"
       assert %{error: %{kind: "ArithmeticError", line: 7}} = last_result(pid, in_if)
     end

@@ -26,7 +26,9 @@ defmodule BeamBridge.Trace do
       block carrying the statement's line, which survives the expansion;
     * `locate/3`, after the check, passes the value before each call and
       each match through `at/3` wherever the line changes, so the last line
-      reached is known when an error happens (`failed_line/1`).
+      reached is known when an error happens (`failed_line/1`). Bodies of
+      `fn`s get no markers (they run in loops): an error inside one names
+      the line of the call that ran it.
 
   Both change neither values nor the order of evaluation, and both leave a
   fragment on one line as it is: the fragment's first line is then right.
@@ -205,17 +207,8 @@ defmodule BeamBridge.Trace do
   """
   @spec locate(Macro.t(), pos_integer, integer) :: Macro.t()
   def locate(quoted, line, token) do
-    st = %{token: token, marks: 0, fn_marks: false, forget: false}
-    {located, _line, st} = walk(quoted, line, line, st)
-
-    # A function of this fragment that marks lines may run inside any call,
-    # so after a call the line is no longer known: mark again.
-    if st.fn_marks do
-      {located, _line, _st} = walk(quoted, line, line, %{st | forget: true})
-      located
-    else
-      located
-    end
+    {located, _line, _st} = walk(quoted, line, line, %{token: token, marks: 0})
+    located
   end
 
   @doc false
@@ -244,18 +237,12 @@ defmodule BeamBridge.Trace do
     {{:=, meta, [pattern, value]}, known, st}
   end
 
-  # A function's body runs when it is called, usually by a call on the line
-  # that made it, which recorded that line: the body is taken to start
-  # there. A function called from elsewhere that fails on its own first
-  # line thus names the calling line. In exchange a one-line function costs
-  # nothing per call; a marker costs about half a microsecond under erl_eval,
-  # paid per call of a body where its lines change.
-  defp walk({:fn, meta, clauses}, line, known, st) do
-    marks = st.marks
-    line = line(meta, line)
-    {clauses, _known, st} = clauses(clauses, line, line, st)
-    {{:fn, meta, clauses}, known, %{st | fn_marks: st.fn_marks or st.marks > marks}}
-  end
+  # A function's body is left without markers: it runs once per call, often
+  # in a loop, and a marker costs about half a microsecond under erl_eval
+  # (a three-line body in a 300,000-step reduce ran 4.6 times slower with
+  # them). An error inside a body thus names the line of the call that ran
+  # it, which recorded its line before the call.
+  defp walk({:fn, _meta, _clauses} = fun, _line, known, st), do: {fun, known, st}
 
   defp walk({:case, meta, [subject, [do: clauses]]}, line, known, st) do
     line = line(meta, line)
@@ -295,23 +282,28 @@ defmodule BeamBridge.Trace do
     {{form, meta, [blocks]}, nil, st}
   end
 
-  # Generators and filters run in loops, so nothing is known inside.
-  defp walk({form, meta, args}, line, known, st) when form in [:for, :with] do
+  # A comprehension's filters and body run once per element: like a `fn`
+  # body they get no markers, and an error inside names the line of the
+  # `for`, recorded before it starts.
+  defp walk({:for, meta, _args} = node, line, known, st) do
     line = line(meta, line)
-    known = if form == :with, do: known
+
+    if known == line,
+      do: {node, line, st},
+      else: {{:__block__, [], [marker(nil, line, st), node]}, line, %{st | marks: st.marks + 1}}
+  end
+
+  defp walk({:with, meta, args}, line, known, st) do
+    line = line(meta, line)
 
     {args, {_known, st}} =
       Enum.map_reduce(args, {known, st}, fn
         {:<-, m, [pattern, value]}, {known, st} ->
-          {value, known, st} = walk(value, line(m, line), if(form == :with, do: known), st)
+          {value, known, st} = walk(value, line(m, line), known, st)
           {{:<-, m, [pattern, value]}, {known, st}}
 
-        {:<<>>, m, [{:<-, gm, [pattern, value]}]}, {known, st} ->
-          {value, _known, st} = walk(value, line(gm, line), nil, st)
-          {{:<<>>, m, [{:<-, gm, [pattern, value]}]}, {known, st}}
-
         [{_, _} | _] = opts, {known, st} ->
-          {opts, st} = Enum.map_reduce(opts, st, &comprehension_opt(&1, line, known, &2))
+          {opts, st} = Enum.map_reduce(opts, st, &with_opt(&1, line, known, &2))
           {opts, {known, st}}
 
         expr, {known, st} ->
@@ -319,7 +311,7 @@ defmodule BeamBridge.Trace do
           {expr, {known, st}}
       end)
 
-    {{form, meta, args}, nil, st}
+    {{:with, meta, args}, nil, st}
   end
 
   defp walk({:<<>>, meta, segments}, line, known, st) do
@@ -417,12 +409,12 @@ defmodule BeamBridge.Trace do
     end
   end
 
-  defp comprehension_opt({key, [{:->, _, _} | _] = clauses}, line, _known, st) do
+  defp with_opt({key, [{:->, _, _} | _] = clauses}, line, _known, st) do
     {clauses, _known, st} = clauses(clauses, line, nil, st)
     {{key, clauses}, st}
   end
 
-  defp comprehension_opt({key, value}, line, known, st) do
+  defp with_opt({key, value}, line, known, st) do
     {value, _known, st} = walk(value, line, if(key == :do, do: nil, else: known), st)
     {{key, value}, st}
   end
@@ -430,19 +422,17 @@ defmodule BeamBridge.Trace do
   # The last argument is evaluated right before the call, so a marker on
   # it records the call's line after the arguments had theirs.
   defp call({callee, meta, args} = node, line, known, st) do
-    after_call = if st.forget, do: nil, else: line
-
     cond do
       known == line ->
-        {node, after_call, st}
+        {node, line, st}
 
       args == [] ->
-        {{:__block__, [], [marker(nil, line, st), node]}, after_call, %{st | marks: st.marks + 1}}
+        {{:__block__, [], [marker(nil, line, st), node]}, line, %{st | marks: st.marks + 1}}
 
       true ->
         {args, [last]} = Enum.split(args, -1)
         node = {callee, meta, args ++ [marker(last, line, st)]}
-        {node, after_call, %{st | marks: st.marks + 1}}
+        {node, line, %{st | marks: st.marks + 1}}
     end
   end
 
