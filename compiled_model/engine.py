@@ -4,7 +4,9 @@ The weights are built once (deterministically) and cached under
 `~/.cache/beambridge/compiled/<version>/` (override with
 `BEAMBRIDGE_COMPILED_CACHE`) with their config and vocabulary; the sha256 of
 the weights file is recorded next to them. The decode loop feeds back
-nothing but the argmax token ids.
+nothing but the argmax token ids. It runs compiled (`fast.py`) unless asked
+for the numpy reference (`Model.step`, `kvcache.py`); both give the same
+trace.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import threading
 from pathlib import Path
 
+from . import fast
 from .isa import Program
 from .kvcache import HullCache, NaiveCache
 from .model import Model
@@ -59,9 +62,21 @@ def load_model() -> Model:
 
 
 def decode(
-    model: Model, prompt: list[int], max_tokens: int, cache: str = "hull"
+    model: Model,
+    prompt: list[int],
+    max_tokens: int,
+    cache: str = "hull",
+    engine: str = "fast",
 ) -> list[int]:
-    """Greedy decoding: returns the generated ids, ending at an end token."""
+    """Greedy decoding: returns the generated ids, ending at an end token.
+
+    `cache` is "hull" or "naive"; `engine` is "fast" (the compiled kernels)
+    or "numpy" (the reference loop over `model.step`).
+    """
+    if engine == "fast":
+        return fast.decode(model, prompt, max_tokens, _END_IDS, cache)
+    if engine != "numpy":
+        raise ValueError(f"unknown engine {engine!r}")
     kv = HullCache(model.config) if cache == "hull" else NaiveCache(model.config)
     nxt = 0
     for pos, tok in enumerate(prompt):
@@ -77,10 +92,10 @@ def decode(
     return out
 
 
-def model_runner(cache: str = "hull"):
+def model_runner(cache: str = "hull", engine: str = "fast"):
     model = load_model()
 
     def run(program: Program, max_tokens: int) -> list[int]:
-        return decode(model, encode_program(program), max_tokens, cache)
+        return decode(model, encode_program(program), max_tokens, cache, engine)
 
     return run

@@ -44,8 +44,11 @@ COPY --from=build /opt/venv /opt/venv
 COPY docker/gateway.sh /app/docker/gateway.sh
 
 # The compiled weights are written once, here, and only read at run time.
-ENV BEAMBRIDGE_COMPILED_CACHE=/opt/compiled-weights
-RUN /opt/venv/bin/python -c "from compiled_model import engine; engine.load_model()"
+# So are the decode kernels (numba), into a cache the unprivileged user may
+# write to as well: on another CPU model they are compiled again, once.
+ENV BEAMBRIDGE_COMPILED_CACHE=/opt/compiled-weights NUMBA_CACHE_DIR=/opt/numba-cache
+RUN /opt/venv/bin/python -c "from compiled_model import engine; engine.decode(engine.load_model(), [0], 1)" \
+ && chown -R beambridge:beambridge /opt/numba-cache
 
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     BEAMBRIDGE_HOST=0.0.0.0 BEAMBRIDGE_PORT=8765 \

@@ -1,9 +1,9 @@
 """The compiled executor beside the BEAM: every fragment of a session opened
 with ``executors: ["beam", "compiled"]`` also runs on ``compiled_model``.
 
-The compiled sessions live in one worker process, so that decoding (Python
-and torch, holding the GIL) never delays the gateway's event loop or the
-BEAM's results. The worker keeps, per session, the compiled context after
+The compiled sessions live in one worker process, so that decoding (the
+numba kernels of ``compiled_model.fast`` and the Python around them) never
+delays the gateway's event loop or the BEAM's results. The worker keeps, per session, the compiled context after
 every fragment: rewind and fork work on the compiled side from its own
 history, never from the BEAM's state.
 
@@ -32,7 +32,8 @@ _pool: ProcessPoolExecutor | None = None
 
 
 def _executor() -> ProcessPoolExecutor:
-    """The worker process, started on first use (it loads torch and weights)."""
+    """The worker process, started on first use (it loads the weights and
+    the decode kernels)."""
     global _pool
     if _pool is None:
         context = multiprocessing.get_context("spawn")

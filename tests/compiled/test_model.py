@@ -1,4 +1,8 @@
-"""Groups 2-5 and 7: the compiled model against the reference VM."""
+"""Groups 2-5 and 7: the compiled model against the reference VM.
+
+Each check runs on both engines: "numpy" (`Model.step` and `kvcache.py`,
+the readable reference) and "fast" (the compiled kernels of `fast.py`).
+"""
 
 from __future__ import annotations
 
@@ -53,25 +57,34 @@ def first_divergence(got: list[int], want: list[int]) -> str:
     return f"lengths differ: model {len(got)}, VM {len(want)}"
 
 
+ENGINES = ["numpy", "fast"]
+
+
 @pytest.fixture(scope="module")
 def model() -> Model:
     return engine.load_model()
 
 
-def _check(model: Model, program, cache: str) -> None:
+def _check(model: Model, program, cache: str, how: str) -> None:
     want = vm.run(program).trace
-    got = engine.decode(model, encode_program(program), len(want) + 10, cache)
+    got = engine.decode(model, encode_program(program), len(want) + 10, cache, how)
     assert got == want, first_divergence(got, want)
 
 
+@pytest.mark.parametrize("how", ENGINES)
 @pytest.mark.parametrize("cache", ["naive", "hull"])
 @pytest.mark.parametrize("src", PROGRAMS + [STRESS])
-def test_model_trace_equals_vm_trace(model: Model, src: str, cache: str) -> None:
+def test_model_trace_equals_vm_trace(
+    model: Model, src: str, cache: str, how: str
+) -> None:
     """Token for token, the model's trace is the reference VM's."""
-    _check(model, _program(src), cache)
+    _check(model, _program(src), cache, how)
 
 
-def test_model_trace_equals_vm_trace_on_generated_programs(model: Model) -> None:
+@pytest.mark.parametrize("how", ENGINES)
+def test_model_trace_equals_vm_trace_on_generated_programs(
+    model: Model, how: str
+) -> None:
     """Forty generated programs, alternating caches, match the VM exactly."""
     gen = ProgramGen(seed=7)
     checked = 0
@@ -82,7 +95,7 @@ def test_model_trace_equals_vm_trace_on_generated_programs(model: Model) -> None
             continue
         if len(vm.run(program).trace) > 3000 or checked == 40:
             continue
-        _check(model, program, "hull" if n % 2 else "naive")
+        _check(model, program, "hull" if n % 2 else "naive", how)
         checked += 1
     assert checked == 40
 
@@ -182,7 +195,7 @@ def test_decode_loop_feeds_back_only_argmax_ids(model: Model) -> None:
             returned.append(model.step(tok, pos, cache))
             return returned[-1]
 
-    out = engine.decode(Spy(), prompt, 500)  # type: ignore[arg-type]
+    out = engine.decode(Spy(), prompt, 500, engine="numpy")  # type: ignore[arg-type]
     assert fed[: len(prompt)] == prompt
     assert fed[len(prompt) :] == returned[len(prompt) - 1 : -1]
     assert out == returned[len(prompt) - 1 :]
@@ -195,12 +208,14 @@ def _damaged(model: Model, change) -> Model:
     return Model(model.config, weights)
 
 
-def _runs_correctly(model: Model, program) -> bool:
+def _runs_correctly(model: Model, program, how: str) -> bool:
     want = vm.run(program).trace
-    return engine.decode(model, encode_program(program), len(want), "hull") == want
+    got = engine.decode(model, encode_program(program), len(want), "hull", how)
+    return got == want
 
 
-def test_random_weights_of_the_same_shapes_give_garbage(model: Model) -> None:
+@pytest.mark.parametrize("how", ENGINES)
+def test_random_weights_of_the_same_shapes_give_garbage(model: Model, how: str) -> None:
     """Same shapes, random values: nothing like the trace comes out."""
     rng = np.random.default_rng(0)
     rand = Model(
@@ -209,12 +224,13 @@ def test_random_weights_of_the_same_shapes_give_garbage(model: Model) -> None:
     program = _program(PROGRAMS[0])
     want = vm.run(program).trace
     with np.errstate(all="ignore"):
-        got = engine.decode(rand, encode_program(program), len(want), "naive")
+        got = engine.decode(rand, encode_program(program), len(want), "naive", how)
     matches = sum(a == b for a, b in zip(got, want))
     assert matches < len(want) // 4
 
 
-def test_weight_noise_breaks_execution(model: Model) -> None:
+@pytest.mark.parametrize("how", ENGINES)
+def test_weight_noise_breaks_execution(model: Model, how: str) -> None:
     """Gaussian noise on every weight derails the trace."""
     rng = np.random.default_rng(1)
     noisy = _damaged(
@@ -224,12 +240,13 @@ def test_weight_noise_breaks_execution(model: Model) -> None:
         ],
     )
     program = _program(STRESS)
-    assert _runs_correctly(model, program)
+    assert _runs_correctly(model, program, how)
     with np.errstate(all="ignore"):
-        assert not _runs_correctly(noisy, program)
+        assert not _runs_correctly(noisy, program, how)
 
 
-def test_ablating_any_single_head_breaks_execution(model: Model) -> None:
+@pytest.mark.parametrize("how", ENGINES)
+def test_ablating_any_single_head_breaks_execution(model: Model, how: str) -> None:
     """Zeroing one head's output projection breaks the stress program."""
     program = _program(STRESS)
     c = model.config
@@ -240,18 +257,20 @@ def test_ablating_any_single_head_breaks_execution(model: Model) -> None:
             def cut(w, layer=layer, h=h, dv=dv):
                 w[f"l{layer}.wo"][h * dv : (h + 1) * dv] = 0.0
 
-            broken.append(not _runs_correctly(_damaged(model, cut), program))
+            damaged = _damaged(model, cut)
+            broken.append(not _runs_correctly(damaged, program, how))
     assert len(broken) == sum(c.n_heads)
     assert all(broken), broken
 
 
 @pytest.mark.slow
-def test_long_run_matches_vm_for_over_1e5_tokens(model: Model) -> None:
+@pytest.mark.parametrize("how", ENGINES)
+def test_long_run_matches_vm_for_over_1e5_tokens(model: Model, how: str) -> None:
     """A loop of 620 iterations (>1e5 tokens) matches the VM, hull cache."""
     program = _program(
         "Enum.reduce(1..620, 0, fn i, acc -> if rem(i, 3) == 0 do acc - i else acc + 2 * i end end)"
     )
     want = vm.run(program).trace
     assert len(want) > 100_000
-    got = engine.decode(model, encode_program(program), len(want) + 10, "hull")
+    got = engine.decode(model, encode_program(program), len(want) + 10, "hull", how)
     assert got == want, first_divergence(got, want)
