@@ -1,6 +1,8 @@
 defmodule BeamBridge.Application do
   @moduledoc """
-  The node's supervision tree: a registry and a dynamic supervisor for
+  The node's supervision tree: the router of standard error
+  (`BeamBridge.StandardError`, first, so that no evaluation writes there
+  before it holds the name), a registry and a dynamic supervisor for
   sessions, the record of which sessions reach which module versions
   (`BeamBridge.Session.Modules`), and (unless disabled) the bridge listener
   that gateways connect to.
@@ -50,6 +52,7 @@ defmodule BeamBridge.Application do
 
     children =
       [
+        BeamBridge.StandardError,
         {Registry, keys: :unique, name: BeamBridge.SessionRegistry},
         BeamBridge.Session.Modules,
         {DynamicSupervisor, strategy: :one_for_one, name: BeamBridge.SessionSupervisor},

@@ -82,7 +82,14 @@ defmodule BeamBridge.Evaluator do
           Process.group_leader(self(), proxy)
           if trace, do: Trace.start(proxy)
           speculative = Map.get(opts, :speculative, false)
-          opts = [trace: trace, speculative: speculative, max_context_nodes: heap_words]
+
+          opts = [
+            trace: trace,
+            speculative: speculative,
+            max_context_nodes: heap_words,
+            proxy: proxy
+          ]
+
           IOProxy.finish(proxy, run(code, line, context, opts))
         end,
         # A fresh process starts with a tiny heap and would collect garbage
@@ -130,7 +137,9 @@ defmodule BeamBridge.Evaluator do
   @doc """
   Evaluates `code` in `context` in the calling process and describes the
   outcome (see the moduledoc). Used by `start/4`, and directly by benchmarks.
-  Takes the options of `start/4` as a keyword list.
+  Takes the options of `start/4` as a keyword list, and `:proxy`: the
+  evaluation's `BeamBridge.IOProxy`, given the fragment's scope before it
+  is compiled (default: none, and warnings keep the pool names).
   """
   @spec run(binary, pos_integer, context, keyword) ::
           {:ok, map, context} | {:error, map, Scope.t() | nil} | :declined
@@ -145,6 +154,7 @@ defmodule BeamBridge.Evaluator do
         if opts[:speculative] && not Speculation.runs_early?(effects) do
           :declined
         else
+          announce_scope(opts[:proxy], scope)
           max_nodes = Keyword.get(opts, :max_context_nodes, @max_context_nodes)
           outcome = evaluate(quoted, {line, token}, binding, env, scope, max_nodes)
           describe(outcome, started)
@@ -154,6 +164,15 @@ defmodule BeamBridge.Evaluator do
         describe({:error, error.kind, error.message, error.line, scope}, started)
     end
   end
+
+  # The compiler's warnings name the pool variables of this fragment, which
+  # its parse just allocated; they reach the proxy from whichever process
+  # compiles (`BeamBridge.StandardError`), so the proxy holds the scope to
+  # rewrite them with.
+  defp announce_scope(proxy, scope) when is_pid(proxy) and scope != nil,
+    do: IOProxy.put_scope(proxy, scope)
+
+  defp announce_scope(_proxy, _scope), do: :ok
 
   defp describe(outcome, started) do
     elapsed = System.monotonic_time(:microsecond) - started

@@ -20,7 +20,16 @@ defmodule BeamBridge.IOProxy do
 
   When the printed total passes `max_output_bytes`, the proxy keeps only what
   fits and tells the session `{:evaluation_output_limit, ref}` once.
+
+  What the evaluation's processes write to standard error (in practice the
+  compiler's warnings) reaches the proxy too, through
+  `BeamBridge.StandardError`, and becomes output like the rest. That text is
+  rewritten in the session's names (`BeamBridge.Policy.humanize/2`) with
+  the scope the evaluation last gave `put_scope/2`: the compiler names the
+  pool variables the fragment was parsed into.
   """
+
+  alias BeamBridge.Policy
 
   @flush_ms 5
   @flush_bytes 16 * 1024
@@ -29,18 +38,49 @@ defmodule BeamBridge.IOProxy do
   @doc "Starts a proxy for the evaluation `ref` reporting to `session`."
   @spec start(pid, reference, pos_integer) :: pid
   def start(session, ref, max_output_bytes) do
-    spawn(fn ->
-      loop(%{
-        session: session,
-        ref: ref,
-        buffer: [],
-        size: 0,
-        total: 0,
-        limit: max_output_bytes,
-        timer: nil,
-        over: false
-      })
-    end)
+    state = %{
+      session: session,
+      ref: ref,
+      scope: nil,
+      buffer: [],
+      size: 0,
+      total: 0,
+      limit: max_output_bytes,
+      timer: nil,
+      over: false
+    }
+
+    # Spawned from a named function, so that the initial call marks the
+    # process as a proxy (`initial_call/0`).
+    spawn(__MODULE__, :init, [state])
+  end
+
+  @doc false
+  def init(state), do: loop(state)
+
+  @doc """
+  The initial call of every proxy process, by which
+  `BeamBridge.StandardError` recognises one with a single read.
+  """
+  @spec initial_call() :: mfa
+  def initial_call, do: {__MODULE__, :init, 1}
+
+  @doc """
+  Gives the proxy the scope to rewrite standard error text with. Returns once
+  the proxy has it, so a warning raised afterwards, by any process, is
+  rewritten with this scope.
+  """
+  @spec put_scope(pid, Policy.Scope.t()) :: :ok
+  def put_scope(proxy, scope) do
+    ref = Process.monitor(proxy)
+    send(proxy, {:put_scope, self(), ref, scope})
+
+    receive do
+      {^ref, :ok} -> Process.demonitor(ref, [:flush])
+      {:DOWN, ^ref, _, _, _} -> :ok
+    end
+
+    :ok
   end
 
   @doc "Forwards the evaluation's result after flushing the output held so far."
@@ -72,9 +112,20 @@ defmodule BeamBridge.IOProxy do
   defp loop(state) do
     receive do
       {:io_request, from, reply_as, request} ->
-        {reply, state} = io_request(request, state)
+        {reply, state} = io_request(request, & &1, state)
         send(from, {:io_reply, reply_as, reply})
         loop(state)
+
+      # Sent by `BeamBridge.StandardError` on behalf of one of the
+      # evaluation's processes.
+      {:standard_error_request, from, reply_as, request} ->
+        {reply, state} = io_request(request, &humanize(&1, state.scope), state)
+        send(from, {:io_reply, reply_as, reply})
+        loop(state)
+
+      {:put_scope, from, ref, scope} ->
+        send(from, {ref, :ok})
+        loop(%{state | scope: scope})
 
       # A step of a traced evaluation: output printed before it goes first.
       {:evaluation_step, line, text} ->
@@ -96,42 +147,52 @@ defmodule BeamBridge.IOProxy do
 
   # -- the Erlang I/O protocol, output side only
 
-  defp io_request({:put_chars, chars}, state), do: put_chars(:unicode, chars, state)
-  defp io_request({:put_chars, encoding, chars}, state), do: put_chars(encoding, chars, state)
+  # `shown` rewrites the text before it is buffered (standard error's) or
+  # keeps it as printed.
 
-  defp io_request({:put_chars, encoding, mod, fun, args}, state) do
-    put_chars(encoding, apply(mod, fun, args), state)
+  defp io_request({:put_chars, chars}, shown, state),
+    do: put_chars(:unicode, chars, shown, state)
+
+  defp io_request({:put_chars, encoding, chars}, shown, state),
+    do: put_chars(encoding, chars, shown, state)
+
+  defp io_request({:put_chars, encoding, mod, fun, args}, shown, state) do
+    put_chars(encoding, apply(mod, fun, args), shown, state)
   catch
     _, _ -> {{:error, :put_chars}, state}
   end
 
-  defp io_request({:requests, requests}, state) do
+  defp io_request({:requests, requests}, shown, state) do
     Enum.reduce_while(requests, {:ok, state}, fn request, {_, state} ->
-      case io_request(request, state) do
+      case io_request(request, shown, state) do
         {:ok, state} -> {:cont, {:ok, state}}
         other -> {:halt, other}
       end
     end)
   end
 
-  defp io_request({:get_geometry, _}, state), do: {{:error, :enotsup}, state}
-  defp io_request({:setopts, _}, state), do: {:ok, state}
-  defp io_request(:getopts, state), do: {[binary: true, encoding: :unicode], state}
+  defp io_request({:get_geometry, _}, _shown, state), do: {{:error, :enotsup}, state}
+  defp io_request({:setopts, _}, _shown, state), do: {:ok, state}
+  defp io_request(:getopts, _shown, state), do: {[binary: true, encoding: :unicode], state}
 
   # Fragments have no standard input: reads see end of file.
-  defp io_request(request, state) when elem(request, 0) in [:get_chars, :get_line, :get_until],
-    do: {:eof, state}
+  defp io_request(request, _shown, state)
+       when elem(request, 0) in [:get_chars, :get_line, :get_until],
+       do: {:eof, state}
 
-  defp io_request(_request, state), do: {{:error, :request}, state}
+  defp io_request(_request, _shown, state), do: {{:error, :request}, state}
 
-  defp put_chars(encoding, chars, state) do
+  defp put_chars(encoding, chars, shown, state) do
     case :unicode.characters_to_binary(chars, encoding) do
-      text when is_binary(text) -> {:ok, buffer(text, state)}
+      text when is_binary(text) -> {:ok, buffer(shown.(text), state)}
       _ -> {{:error, :put_chars}, state}
     end
   catch
     _, _ -> {{:error, :put_chars}, state}
   end
+
+  defp humanize(text, nil), do: text
+  defp humanize(text, scope), do: Policy.humanize(text, scope)
 
   defp buffer(_text, %{over: true} = state), do: state
 
