@@ -184,6 +184,19 @@ defmodule BeamBridge.HostileTest do
       end
     end
 
+    @doc "Stops the driver and waits until its session is gone too."
+    def stop({driver, session}) do
+      watch = Process.monitor(session)
+      Process.exit(driver, :kill)
+      receive do: ({:DOWN, ^watch, :process, _, _} -> :ok)
+    end
+
+    @doc "The driver's session process."
+    def session(driver) do
+      send(driver, {:session, self()})
+      receive do: ({:bystander_session, ^driver, pid} -> pid)
+    end
+
     @doc "The value of `code` evaluated in the bystander's session, between its blocks."
     def eval(driver, code) do
       send(driver, {:eval, self(), code})
@@ -244,6 +257,10 @@ defmodule BeamBridge.HostileTest do
         {:eval, from, code} ->
           await_done(%{st | evals: st.evals ++ [{from, code}]}, on_value)
 
+        {:session, from} ->
+          send(from, {:bystander_session, self(), st.pid})
+          await_done(st, on_value)
+
         {:bridge_event, _other} ->
           await_done(st, on_value)
       end
@@ -262,6 +279,8 @@ defmodule BeamBridge.HostileTest do
 
   setup do
     bystander = Bystander.start()
+    session = Bystander.session(bystander)
+    on_exit(fn -> Bystander.stop({bystander, session}) end)
     Bystander.progress(bystander)
     %{bystander: bystander}
   end
