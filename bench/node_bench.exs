@@ -1,8 +1,9 @@
 # Node-side cost of a fragment: the whole path inside the node (splitting,
 # the sandbox policy, a fresh evaluation process with its limits, IO
 # capture, result and `done` events) against a bare `Code.eval_quoted` of
-# the same fragment and against the same path with the sandbox off, in one
-# run; and fragments per second with 1 and 100 concurrent sessions.
+# the same fragment, against the same path with the sandbox off, and with
+# the limits off (no heap limit, deadline, binary watchdog or output cap),
+# in one run; and fragments per second with 1 and 100 concurrent sessions.
 #
 #     cd elixir_node && mix run --no-start ../bench/node_bench.exs
 #
@@ -21,9 +22,11 @@ defmodule NodeBench do
     Application.put_env(:beam_bridge, :listen, false)
     {:ok, _} = Application.ensure_all_started(:beam_bridge)
 
-    bare = bare_us()
-    session = session_us(true)
-    unchecked = session_us(false)
+    # The four variants take turns, call by call, so that a slow spell of
+    # the machine falls on all of them alike.
+    [bare, session, unchecked, unlimited] =
+      timed([bare_fun(), session_fun(true), session_fun(false), session_fun(true, true)])
+
     one = throughput(1, 20_000)
     hundred = throughput(100, 200)
 
@@ -32,7 +35,9 @@ defmodule NodeBench do
       {"session: split + sandbox + evaluate + events", session},
       {"overhead", diff(session, bare)},
       {"session with the sandbox off", unchecked},
-      {"sandbox cost: policy parse + check", diff(session, unchecked)}
+      {"sandbox cost: policy parse + check", diff(session, unchecked)},
+      {"session with the limits off", unlimited},
+      {"limits cost: heap cap, deadline, watchdog, output cap", diff(session, unlimited)}
     ]
 
     IO.puts("\nbeambridge node benchmark (#{System.schedulers_online()} schedulers)\n")
@@ -51,6 +56,8 @@ defmodule NodeBench do
       overhead_goal_us: 50,
       session_fragment_unsandboxed_us: unchecked,
       sandbox_us: diff(session, unchecked),
+      session_fragment_unlimited_us: unlimited,
+      limits_us: diff(session, unlimited),
       fragments_per_s_1_session: one,
       fragments_per_s_100_sessions: hundred,
       schedulers: System.schedulers_online(),
@@ -61,33 +68,39 @@ defmodule NodeBench do
 
   # The baseline parses and evaluates in the calling process, as an
   # embedding without sessions would.
-  defp bare_us do
+  defp bare_fun do
     binding = [x: 0]
     env = Code.env_for_eval([])
-    timed(fn -> Code.eval_quoted_with_env(Code.string_to_quoted!(@code), binding, env) end)
+    fn -> Code.eval_quoted_with_env(Code.string_to_quoted!(@code), binding, env) end
   end
 
-  # One `eval` request at a time, each awaited up to its `done` event; all
-  # limits are on either way, `sandbox` adds the policy.
-  defp session_us(sandbox) do
-    pid = open(sandbox)
-    timed(fn -> eval_and_wait(pid) end)
+  # One `eval` request at a time, each awaited up to its `done` event;
+  # `sandbox` adds the policy, `unlimited` takes the limits away.
+  defp session_fun(sandbox, unlimited \\ false) do
+    pid = open(sandbox, unlimited)
+    fn -> eval_and_wait(pid) end
   end
 
-  # Each call timed on its own: the median resists the pauses of a shared
-  # machine, the mean shows them.
-  defp timed(fun) do
-    for _ <- 1..@warmup, do: fun.()
+  # Each call timed on its own, the functions in turn: the median resists
+  # the pauses of a shared machine, the mean shows them.
+  defp timed(funs) do
+    for _ <- 1..@warmup, fun <- funs, do: fun.()
 
     samples =
       for _ <- 1..@calls do
-        started = System.monotonic_time(:nanosecond)
-        fun.()
-        System.monotonic_time(:nanosecond) - started
+        for fun <- funs do
+          started = System.monotonic_time(:nanosecond)
+          fun.()
+          System.monotonic_time(:nanosecond) - started
+        end
       end
 
-    sorted = Enum.sort(samples)
-    %{median: Enum.at(sorted, div(@calls, 2)) / 1000, mean: Enum.sum(samples) / @calls / 1000}
+    samples
+    |> Enum.zip()
+    |> Enum.map(fn column ->
+      sorted = column |> Tuple.to_list() |> Enum.sort()
+      %{median: Enum.at(sorted, div(@calls, 2)) / 1000, mean: Enum.sum(sorted) / @calls / 1000}
+    end)
   end
 
   defp diff(a, b), do: %{median: a.median - b.median, mean: a.mean - b.mean}
@@ -109,9 +122,12 @@ defmodule NodeBench do
     sessions * per_session / (us / 1_000_000)
   end
 
-  defp open(sandbox \\ true) do
+  defp open(sandbox \\ true, unlimited \\ false) do
     id = "bench-#{System.unique_integer([:positive])}"
-    {:ok, pid} = Session.start(id, owner: self(), sandbox: sandbox)
+    # The throughput rows queue 20,000 fragments in one block, past the
+    # node's default cap of queued fragments.
+    opts = [owner: self(), sandbox: sandbox, unlimited: unlimited]
+    {:ok, pid} = Session.start(id, [caps: %{max_queued_fragments: 100_000}] ++ opts)
     receive do: ({:bridge_event, %{type: :opened}} -> pid)
   end
 

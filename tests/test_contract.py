@@ -202,6 +202,17 @@ async def test_fork_copies_the_context_into_a_new_session(wire: Wire) -> None:
     assert by_type(await wire.block(parent, "a"), "result")[0]["value"] == "2"
 
 
+async def test_a_session_may_lower_the_result_size(wire: Wire) -> None:
+    """With ``max_result_bytes``, a long value's text is cut there with ``…``
+    and data that would not fit is null; short values are whole."""
+    session = await wire.open(limits={"max_result_bytes": 40})
+    events = await wire.block(session, 'String.duplicate("ab", 100)\n%{"k" => [1, 2]}')
+    long, short = by_type(events, "result")
+    assert long["value"] == '"' + "ab" * 19 + "a…"
+    assert long["data"] is None
+    assert (short["value"], short["data"]) == ('%{"k" => [1, 2]}', {"k": [1, 2]})
+
+
 async def test_cancel_kills_the_running_fragment(wire: Wire) -> None:
     """A cancelled long evaluation ends with kind ``cancelled`` and ``done``."""
     session = await wire.open(limits={"timeout_ms": 30_000})

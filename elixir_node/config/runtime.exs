@@ -26,12 +26,12 @@ settings =
     stdin_link: System.get_env("BEAM_BRIDGE_STDIN_LINK") not in [nil, "", "0"],
     sandbox: System.get_env("BEAM_BRIDGE_SANDBOX") not in ["off", "0", "false"],
     log_device:
-      (case System.get_env("BEAM_BRIDGE_LOG_DEVICE") do
-         nil -> nil
-         "stdout" -> :user
-         "stderr" -> :standard_error
-         other -> raise "BEAM_BRIDGE_LOG_DEVICE must be stdout or stderr, not #{inspect(other)}"
-       end),
+      case System.get_env("BEAM_BRIDGE_LOG_DEVICE") do
+        nil -> nil
+        "stdout" -> :user
+        "stderr" -> :standard_error
+        other -> raise "BEAM_BRIDGE_LOG_DEVICE must be stdout or stderr, not #{inspect(other)}"
+      end,
     caps:
       Enum.reject(
         [
@@ -47,7 +47,8 @@ settings =
         [
           timeout_ms: env_int.("BEAM_BRIDGE_TIMEOUT_MS"),
           max_heap_bytes: env_int.("BEAM_BRIDGE_MAX_HEAP_BYTES"),
-          max_output_bytes: env_int.("BEAM_BRIDGE_MAX_OUTPUT_BYTES")
+          max_output_bytes: env_int.("BEAM_BRIDGE_MAX_OUTPUT_BYTES"),
+          max_result_bytes: env_int.("BEAM_BRIDGE_MAX_RESULT_BYTES")
         ],
         fn {_, v} -> is_nil(v) end
       )

@@ -9,6 +9,37 @@ defmodule BeamBridge.CapsTest do
     pid
   end
 
+  test "a session started unlimited, for benchmarks, has no output cap" do
+    {_id, pid} = open_session(%{}, unlimited: true)
+    events = eval(pid, ~s|IO.write(String.duplicate("a", 1_500_000))|)
+    assert [%{ok: true}] = results(events)
+
+    assert 1_500_000 ==
+             events
+             |> Enum.filter(&(&1.type == :output))
+             |> Enum.map(&byte_size(&1.text))
+             |> Enum.sum()
+  end
+
+  describe "result size" do
+    test "a client may lower it: the value is cut between code points, and data that does not fit is nil" do
+      {_id, pid} = open_session(%{limits: %{max_result_bytes: 21}})
+      [long, short] = results(eval(pid, "String.duplicate(\"é\", 40)\n[1, 2, 3]"))
+
+      # `"` and twenty bytes of `é` are 21 bytes, ten whole code points.
+      assert long.value == "\"" <> String.duplicate("é", 10) <> "…"
+      assert long.data == nil
+      assert %{value: "[1, 2, 3]", data: [1, 2, 3]} = short
+    end
+
+    test "a request above the server's ceiling gets the ceiling" do
+      {_id, pid} = open_session(%{limits: %{max_result_bytes: 10_000_000}})
+      [result] = results(eval(pid, "List.duplicate(String.duplicate(\"a\", 10_000), 100)"))
+      assert byte_size(result.value) == 64 * 1024 + byte_size("…")
+      assert result.data == nil
+    end
+  end
+
   test "a chunk that would overfill the pending buffer is refused; what was accepted stays" do
     pid = open(%{max_pending_bytes: 20})
     Session.request(pid, {:chunk, "x = [1,\n 2,"})

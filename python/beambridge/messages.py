@@ -44,7 +44,7 @@ __all__ = [
 
 ON_ERROR = ("continue", "halt")
 EXECUTORS = ("beam", "compiled")
-LIMIT_KEYS = ("timeout_ms", "max_heap_bytes", "max_output_bytes")
+LIMIT_KEYS = ("timeout_ms", "max_heap_bytes", "max_output_bytes", "max_result_bytes")
 # Integers travel to the node as ETF; keep them to a signed 64-bit range.
 MAX_INT = 2**63 - 1
 MAX_SESSION_BYTES = 128

@@ -24,12 +24,15 @@ defmodule BeamBridge.Config do
     * `:timeout_ms` - wall time per fragment (default 5000)
     * `:max_heap_bytes` - process heap per evaluation (default 256 MiB)
     * `:max_output_bytes` - output per fragment (default 1 MiB)
+    * `:max_result_bytes` - the `inspect` text of a result's value; longer
+      text is cut there and ends with `…` (default 64 KiB)
   """
 
   @default_limits %{
     timeout_ms: 5_000,
     max_heap_bytes: 256 * 1024 * 1024,
-    max_output_bytes: 1024 * 1024
+    max_output_bytes: 1024 * 1024,
+    max_result_bytes: 64 * 1024
   }
 
   @doc "Options for `BeamBridge.Listener.start_link/1`, from the application environment."
@@ -69,6 +72,12 @@ defmodule BeamBridge.Config do
   @doc "The server's evaluation limits: defaults that are also the ceilings."
   @spec limits() :: %{atom => pos_integer}
   def limits, do: Map.merge(@default_limits, Map.new(get(:limits, [])))
+
+  @doc "No limits at all but the result's size: for measuring what the limits cost."
+  @spec no_limits() :: map
+  def no_limits do
+    %{limits() | timeout_ms: :infinity, max_heap_bytes: :infinity, max_output_bytes: :infinity}
+  end
 
   @doc """
   The limits for one session: the server's, lowered (never raised) by the

@@ -31,6 +31,7 @@ defmodule BeamBridge.Evaluator do
   alias BeamBridge.Policy.Scope
 
   @file_name "fragment"
+  # The default bound of a value's `inspect` text, for direct calls.
   @max_value_bytes 64 * 1024
   @data_budget 10_000
   # Terms that share structure are small on a heap and huge once copied to
@@ -63,7 +64,8 @@ defmodule BeamBridge.Evaluator do
   Starts evaluating `code` (whose first line is `line` within its block) in
   `context`, reporting to the calling process.
 
-  Options: `:max_heap_bytes` and `:max_output_bytes` (required), `:trace`
+  Options: `:max_heap_bytes` and `:max_output_bytes` (required; `:infinity`
+  leaves that limit off), `:max_result_bytes` (default 64 KiB), `:trace`
   (default `false`): report step events, see `BeamBridge.Trace`;
   `:speculative` (default `false`): the fragment is not committed yet, so
   it runs only if the policy finds no effects beyond output.
@@ -73,8 +75,9 @@ defmodule BeamBridge.Evaluator do
     session = self()
     ref = make_ref()
     proxy = IOProxy.start(session, ref, opts.max_output_bytes)
-    heap_words = div(opts.max_heap_bytes, :erlang.system_info(:wordsize))
+    heap_words = heap_words(opts.max_heap_bytes)
     trace = Map.get(opts, :trace, false)
+    max_result_bytes = Map.get(opts, :max_result_bytes, @max_value_bytes)
 
     {pid, monitor} =
       :erlang.spawn_opt(
@@ -87,6 +90,7 @@ defmodule BeamBridge.Evaluator do
             trace: trace,
             speculative: speculative,
             max_context_nodes: heap_words,
+            max_result_bytes: max_result_bytes,
             proxy: proxy
           ]
 
@@ -95,15 +99,21 @@ defmodule BeamBridge.Evaluator do
         # A fresh process starts with a tiny heap and would collect garbage
         # several times while parsing and checking even a one-line fragment;
         # starting at 64 KiB halves the evaluation's cost.
-        [
-          :monitor,
-          min_heap_size: @min_heap_words,
-          max_heap_size: %{size: heap_words, kill: true, error_logger: false}
-        ]
+        [:monitor, min_heap_size: @min_heap_words] ++ heap_limit(opts.max_heap_bytes)
       )
 
     %{pid: pid, proxy: proxy, ref: ref, monitor: monitor}
   end
+
+  defp heap_words(:infinity), do: @max_context_nodes
+  defp heap_words(bytes), do: div(bytes, :erlang.system_info(:wordsize))
+
+  # Without a heap limit (`max_heap_bytes: :infinity`, for measuring what
+  # the limits cost) the context copy keeps its default bound.
+  defp heap_limit(:infinity), do: []
+
+  defp heap_limit(bytes),
+    do: [max_heap_size: %{size: heap_words(bytes), kill: true, error_logger: false}]
 
   @doc """
   Kills an evaluation and every process it started, at once: `:kill` cannot
@@ -157,11 +167,11 @@ defmodule BeamBridge.Evaluator do
           announce_scope(opts[:proxy], scope)
           max_nodes = Keyword.get(opts, :max_context_nodes, @max_context_nodes)
           outcome = evaluate(quoted, {line, token}, binding, env, scope, max_nodes)
-          describe(outcome, started)
+          describe(outcome, started, Keyword.get(opts, :max_result_bytes, @max_value_bytes))
         end
 
       {:error, error, scope} ->
-        describe({:error, error.kind, error.message, error.line, scope}, started)
+        describe({:error, error.kind, error.message, error.line, scope}, started, 0)
     end
   end
 
@@ -174,14 +184,14 @@ defmodule BeamBridge.Evaluator do
 
   defp announce_scope(_proxy, _scope), do: :ok
 
-  defp describe(outcome, started) do
+  defp describe(outcome, started, max_result_bytes) do
     elapsed = System.monotonic_time(:microsecond) - started
 
     case outcome do
       {:ok, value, {_, _, scope} = context} ->
-        text = value_text(value)
+        text = value_text(value, max_result_bytes)
         text = if scope, do: Policy.humanize(text, scope), else: text
-        result = %{value: text, data: data(value), elapsed_us: elapsed}
+        result = %{value: text, data: data(value, max_result_bytes), elapsed_us: elapsed}
         {:ok, with_dropped_steps(result), context}
 
       {:error, kind, message, line, scope} ->
@@ -303,13 +313,25 @@ defmodule BeamBridge.Evaluator do
 
   # -- values
 
-  defp value_text(value) do
+  defp value_text(value, max_bytes) do
     text = inspect(Policy.shown(value, @shown_nodes), limit: 100, printable_limit: 8192)
 
-    if byte_size(text) > @max_value_bytes do
-      binary_part(text, 0, @max_value_bytes) <> "…"
+    if byte_size(text) > max_bytes do
+      cut_at_code_point(text, max_bytes) <> "…"
     else
       text
+    end
+  end
+
+  # The longest prefix of `text` within `max_bytes` that ends between code
+  # points (a UTF-8 continuation byte starts 0b10).
+  defp cut_at_code_point(text, max_bytes) do
+    case text do
+      <<_::binary-size(max_bytes), 0b10::2, _::bitstring>> when max_bytes > 0 ->
+        cut_at_code_point(text, max_bytes - 1)
+
+      _whole ->
+        binary_part(text, 0, max_bytes)
     end
   end
 
@@ -317,30 +339,39 @@ defmodule BeamBridge.Evaluator do
   The JSON-shaped copy of `value`, or `nil` when it does not map cleanly:
   integers, floats, UTF-8 strings, booleans, `nil`, lists, and maps whose
   keys are strings or atoms (which become strings). Values larger than
-  #{@data_budget} nodes are not copied.
+  #{@data_budget} nodes, or whose JSON text would take more than about
+  `max_bytes`, are not copied: a result stays within about twice its size
+  limit, value text and data together.
   """
-  @spec data(term) :: term
-  def data(value) do
-    case to_data(value, @data_budget) do
+  @spec data(term, non_neg_integer) :: term
+  def data(value, max_bytes \\ @max_value_bytes) do
+    case to_data(value, {@data_budget, max_bytes}) do
       {:ok, data, _budget} -> data
       :error -> nil
     end
   end
 
-  defp to_data(_value, budget) when budget <= 0, do: :error
+  defp to_data(_value, {nodes, bytes}) when nodes <= 0 or bytes < 0, do: :error
 
-  defp to_data(v, budget) when is_integer(v) or is_float(v) or is_boolean(v) or is_nil(v),
-    do: {:ok, v, budget - 1}
+  # Sizes are those of the JSON text, with a separator each.
+  defp to_data(v, budget) when is_integer(v),
+    do: check_budget({:ok, v, spend(budget, 1 + byte_size(Integer.to_string(v)))})
+
+  defp to_data(v, budget) when is_float(v), do: check_budget({:ok, v, spend(budget, 25)})
+
+  defp to_data(v, budget) when is_boolean(v) or is_nil(v),
+    do: check_budget({:ok, v, spend(budget, 6)})
 
   defp to_data(v, budget) when is_binary(v) do
-    if String.valid?(v), do: {:ok, v, budget - 1}, else: :error
+    if String.valid?(v), do: check_budget({:ok, v, spend(budget, 3 + byte_size(v))}), else: :error
   end
 
-  defp to_data(v, budget) when is_list(v), do: list_to_data(v, [], budget - 1)
+  defp to_data(v, budget) when is_list(v), do: list_to_data(v, [], spend(budget, 2))
 
   defp to_data(v, budget) when is_map(v) and not is_struct(v) do
-    Enum.reduce_while(v, {:ok, %{}, budget - 1}, fn {key, item}, {:ok, acc, budget} ->
-      with {:ok, key} <- key_to_data(key), {:ok, item, budget} <- to_data(item, budget) do
+    Enum.reduce_while(v, {:ok, %{}, spend(budget, 2)}, fn {key, item}, {:ok, acc, budget} ->
+      with {:ok, key} <- key_to_data(key),
+           {:ok, item, budget} <- to_data(item, spend_bytes(budget, 3 + byte_size(key))) do
         {:cont, {:ok, Map.put(acc, key, item), budget}}
       else
         _ -> {:halt, :error}
@@ -349,6 +380,12 @@ defmodule BeamBridge.Evaluator do
   end
 
   defp to_data(_value, _budget), do: :error
+
+  defp spend({nodes, bytes}, size), do: {nodes - 1, bytes - size}
+  defp spend_bytes({nodes, bytes}, size), do: {nodes, bytes - size}
+
+  defp check_budget({:ok, _v, {_nodes, bytes}}) when bytes < 0, do: :error
+  defp check_budget(ok), do: ok
 
   defp list_to_data([], acc, budget), do: {:ok, Enum.reverse(acc), budget}
 

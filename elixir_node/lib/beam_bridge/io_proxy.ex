@@ -197,7 +197,8 @@ defmodule BeamBridge.IOProxy do
   defp buffer(_text, %{over: true} = state), do: state
 
   defp buffer(text, state) do
-    room = state.limit - state.total
+    # With no limit (`:infinity`), any text fits.
+    room = if state.limit == :infinity, do: :infinity, else: state.limit - state.total
 
     if byte_size(text) > room do
       kept = binary_part(text, 0, code_point_cut(text, max(room, 0)))

@@ -60,7 +60,9 @@ defmodule BeamBridge.Session do
   parent's context after fragment `at`, fetched from the parent; fails with
   `{:fork_refused, message}`), or `:context` and `:forked_from` (`{id, at}`),
   `:caps` (overrides of `BeamBridge.Config.caps/0`, for tests), `:sandbox`
-  (check fragments with `BeamBridge.Policy`; default: the node's setting).
+  (check fragments with `BeamBridge.Policy`; default: the node's setting),
+  `:unlimited` (no wall time, heap, binary or output limit: only for
+  measuring what the limits cost; default `false`).
   """
   @spec start(binary, keyword) :: DynamicSupervisor.on_start_child()
   def start(id, opts) do
@@ -130,7 +132,11 @@ defmodule BeamBridge.Session do
       id: id,
       owner: owner,
       options: options,
-      limits: Config.session_limits(Map.get(options, :limits, %{})),
+      limits:
+        if(Keyword.get(opts, :unlimited, false),
+          do: Config.no_limits(),
+          else: Config.session_limits(Map.get(options, :limits, %{}))
+        ),
       splitter: Splitter.new(),
       context: context,
       history: %{0 => context},
@@ -547,9 +553,12 @@ defmodule BeamBridge.Session do
     running = Evaluator.start(code, line, state.context, opts)
 
     timer =
-      Process.send_after(self(), {:evaluation_timeout, running.ref}, state.limits.timeout_ms)
+      if state.limits.timeout_ms != :infinity,
+        do:
+          Process.send_after(self(), {:evaluation_timeout, running.ref}, state.limits.timeout_ms)
 
-    Process.send_after(self(), {:watch_binaries, running.ref}, @watch_ms)
+    if state.limits.max_heap_bytes != :infinity,
+      do: Process.send_after(self(), {:watch_binaries, running.ref}, @watch_ms)
 
     started = System.monotonic_time(:microsecond)
     Map.merge(running, %{timer: timer, started: started, held: [], outcome: nil})
