@@ -51,7 +51,9 @@ defmodule BeamBridge.Policy.Check do
       effects: :pure,
       ctx: :body,
       where: if(env.module, do: :module, else: :top),
-      imports: []
+      imports: [],
+      kernel: kernel_imports(env),
+      own_prefix: scope.namespace <> "."
     }
 
     {checked, st} = walk(quoted, st)
@@ -90,7 +92,11 @@ defmodule BeamBridge.Policy.Check do
 
   defp walk(atom, st) when is_atom(atom), do: {module_ref!(atom, [], st), st}
   defp walk(term, st) when is_number(term) or is_binary(term), do: {term, st}
-  defp walk(list, st) when is_list(list), do: walk_list(list, st)
+  # A list of numbers and strings is data, which the walk would give back
+  # as it is; an improper list is not one of these and is walked.
+  defp walk(list, st) when is_list(list) do
+    if plain_data?(list), do: {list, st}, else: walk_list(list, st)
+  end
 
   defp walk({left, right}, st) do
     {left, st} = walk(left, st)
@@ -99,7 +105,7 @@ defmodule BeamBridge.Policy.Check do
   end
 
   defp walk({:__aliases__, meta, _} = node, st) do
-    case Macro.expand(node, st.env) do
+    case expand_alias(node, st) do
       atom when is_atom(atom) -> {module_ref!(atom, meta, st), st}
       _ -> deny!("a module name built at run time", meta)
     end
@@ -262,8 +268,10 @@ defmodule BeamBridge.Policy.Check do
   defp walk({name, meta, args} = node, st) when is_atom(name) and is_list(args) do
     if name == :sigil_w or name == :sigil_W, do: word_sigil!(args, meta)
 
-    case expand_once(node, st) do
-      ^node -> local(name, meta, args, st)
+    imported = env_imports({name, length(args)}, st)
+
+    case expand_local(node, imported, st) do
+      ^node -> local(name, meta, args, imported, st)
       expanded -> walk(expanded, st)
     end
   end
@@ -271,6 +279,9 @@ defmodule BeamBridge.Policy.Check do
   defp walk({_form, meta, _args}, _st), do: deny!("a construct the sandbox does not know", meta)
 
   defp walk(other, _st), do: deny!("a term that is not code: #{inspect(other, limit: 5)}", [])
+
+  defp plain_data?([item | rest]) when is_number(item) or is_binary(item), do: plain_data?(rest)
+  defp plain_data?(rest), do: rest == []
 
   defp walk_list(list, st) do
     {items, st} =
@@ -309,6 +320,85 @@ defmodule BeamBridge.Policy.Check do
     Macro.expand_once(node, env)
   end
 
+  # `expand_once/2` of a local call, whose imports `imported` the env
+  # names, shortened where the answer is known. `Macro.expand_once/2`
+  # dispatches a local call by scanning every import list again, and for
+  # a plain call that is the whole cost: where the env imports the name
+  # as a function only, it finds no macro and leaves the call alone;
+  # where it imports it as a macro of Kernel only, it expands it as it
+  # would expand the remote call `Kernel.name(...)`, through the same
+  # macro, meta and env, which is found in one list. The dispatch differs
+  # only where the call's meta names imports (code a quote made), where
+  # the module in the env has macros of its own (compiled, or open), and
+  # for unary `+` and `-` of an integer, which it folds; those calls, and
+  # any env with tracers (which see each dispatch), take the full path.
+  defp expand_local({name, meta, args} = node, imported, st) do
+    case imported do
+      [{:function, _}] when name not in [:+, :-] or length(args) != 1 ->
+        if direct_dispatch?(meta, st), do: node, else: expand_once(node, st)
+
+      [{:macro, Kernel}] ->
+        if direct_dispatch?(meta, st) and Kernel in st.env.requires do
+          remote = {{:., [], [Kernel, name]}, meta, args}
+
+          case expand_once(remote, st) do
+            ^remote -> node
+            expanded -> expanded
+          end
+        else
+          expand_once(node, st)
+        end
+
+      _other ->
+        expand_once(node, st)
+    end
+  end
+
+  defp direct_dispatch?(meta, %{env: env}) do
+    module = env.module
+
+    env.tracers == [] and not Keyword.has_key?(meta, :imports) and
+      (module == nil or not (Module.open?(module) or function_exported?(module, :__info__, 1)))
+  end
+
+  @kernel_imports {__MODULE__, :kernel_imports}
+
+  # What the env imports as `{name, arity}`, as `Macro.Env.lookup_import/2`
+  # answers. That scans every imported list, about a microsecond for
+  # Kernel's alone; most fragments see only Kernel's imports, and for those
+  # a map made once per node answers the same. The env's imports do not
+  # change during a check (an `import` in the fragment goes to
+  # `st.imports`), so the map is chosen once, in `run/3`. The test is
+  # cheap: Kernel's lists are literals, shared by every env that has them.
+  defp kernel_imports(env) do
+    functions = Kernel.__info__(:functions)
+    macros = Kernel.__info__(:macros)
+
+    if env.functions == [{Kernel, functions}] and env.macros == [{Kernel, macros}] do
+      case :persistent_term.get(@kernel_imports, nil) do
+        nil ->
+          # Kernel is not reloaded in a running node, so this is made once.
+          table = import_table(functions, macros)
+          :persistent_term.put(@kernel_imports, table)
+          table
+
+        table ->
+          table
+      end
+    end
+  end
+
+  defp import_table(functions, macros) do
+    table = Map.new(functions, &{&1, [{:function, Kernel}]})
+
+    Enum.reduce(macros, table, fn pair, table ->
+      Map.update(table, pair, [{:macro, Kernel}], &(&1 ++ [{:macro, Kernel}]))
+    end)
+  end
+
+  defp env_imports(pair, %{kernel: nil} = st), do: Macro.Env.lookup_import(st.env, pair)
+  defp env_imports(pair, %{kernel: table}), do: Map.get(table, pair, [])
+
   # -- modules
 
   # Every module a fragment names must be one the policy knows or one the
@@ -317,7 +407,7 @@ defmodule BeamBridge.Policy.Check do
   defp module_ref!(atom, meta, st) do
     case Atom.to_string(atom) do
       "Elixir." <> _ = _name ->
-        if Rules.known?(atom) or Scope.own?(st.scope, atom),
+        if Rules.known?(atom) or own?(atom, st),
           do: atom,
           else: deny!("#{inspect(atom)} #{Rules.reason(atom)}", meta)
 
@@ -375,7 +465,7 @@ defmodule BeamBridge.Policy.Check do
     do: {:ok, st.env.module}
 
   defp static_module({:__aliases__, _, _} = node, st) do
-    case Macro.expand(node, st.env) do
+    case expand_alias(node, st) do
       atom when is_atom(atom) -> {:ok, atom}
       _ -> :dynamic
     end
@@ -383,7 +473,23 @@ defmodule BeamBridge.Policy.Check do
 
   defp static_module(_other, _st), do: :dynamic
 
-  defp own?(module, st), do: is_atom(module) and module != nil and Scope.own?(st.scope, module)
+  # `Macro.expand/2` of an alias, which looks the first segment up among
+  # the env's aliases and joins the segments. With no aliases in the env
+  # (and none named in the meta, no tracers to tell), that lookup finds
+  # nothing, so joining them is the whole answer.
+  defp expand_alias({:__aliases__, meta, segments} = node, %{env: env}) do
+    if env.aliases == [] and env.tracers == [] and is_list(segments) and
+         Enum.all?(segments, &is_atom/1) and not Keyword.has_key?(meta, :alias),
+       do: Module.concat(segments),
+       else: Macro.expand(node, env)
+  end
+
+  # `Scope.own?/2`, with the namespace's prefix made once per check.
+  defp own?(module, st) do
+    is_atom(module) and module != nil and
+      (is_map_key(st.scope.names, module) or
+         String.starts_with?(Atom.to_string(module), st.own_prefix))
+  end
 
   # -- calls
 
@@ -471,10 +577,10 @@ defmodule BeamBridge.Policy.Check do
     end
   end
 
-  defp local(name, meta, args, st) do
+  defp local(name, meta, args, imported, st) do
     arity = length(args)
 
-    case import_of(name, arity, st) do
+    case import_of(name, arity, imported, st) do
       {:function, module} ->
         case Rules.rule(module, name, arity) do
           :allow ->
@@ -499,8 +605,8 @@ defmodule BeamBridge.Policy.Check do
   end
 
   # Imports made earlier in this fragment are not in the env yet: they are
-  # looked at first.
-  defp import_of(name, arity, st) do
+  # looked at first. `imported` is what the env imports as `{name, arity}`.
+  defp import_of(name, arity, imported, st) do
     fragment =
       Enum.find_value(st.imports, fn module ->
         cond do
@@ -510,7 +616,7 @@ defmodule BeamBridge.Policy.Check do
         end
       end)
 
-    case fragment || Macro.Env.lookup_import(st.env, {name, arity}) do
+    case fragment || imported do
       {_kind, _module} = found -> found
       [found | _] -> found
       [] -> :local
@@ -527,7 +633,7 @@ defmodule BeamBridge.Policy.Check do
 
   defp capture(node, {name, _, context}, arity, meta, st)
        when is_atom(name) and is_atom(context) do
-    case import_of(name, arity, st) do
+    case import_of(name, arity, env_imports({name, arity}, st), st) do
       :local -> {node, st}
       {_kind, module} -> capture_remote(node, module, name, arity, meta, st)
     end

@@ -16,7 +16,12 @@ defmodule BeamBridge.Policy.Names do
        capture `&name/1`, a module attribute, a name in a typespec) gets a
        budgeted atom, as a name with parentheses would;
     3. names: an alias is rewritten to the session's module it names, a
-       variable gets its pool atom, any other marker a budgeted atom.
+       variable gets its pool atom, any other marker a budgeted atom; the
+       uses of each variable are counted on the way.
+
+  Pass 1 runs only when the text names `defmodule` or `alias`, pass 2
+  only when there are markers or session variables: without them they
+  would give the tree back unchanged.
   """
 
   alias BeamBridge.Policy.Scope
@@ -33,13 +38,13 @@ defmodule BeamBridge.Policy.Names do
   def parse(code, line, scope) do
     tag = make_ref()
 
-    with {:ok, quoted} <- quote_text(code, line, tag) do
-      dry = names(quoted, tag, %{scope | dry: true})
+    with {:ok, quoted, seen} <- quote_text(code, line, tag) do
+      dry = names(quoted, tag, seen, %{scope | dry: true})
 
       if dry.atoms == scope.atoms do
         {:ok, dry.quoted, %{dry.scope | dry: false}}
       else
-        real = names(quoted, tag, scope)
+        real = names(quoted, tag, seen, scope)
         {:ok, real.quoted, real.scope}
       end
     end
@@ -47,20 +52,40 @@ defmodule BeamBridge.Policy.Names do
     {:names, message, meta} -> {:error, %{kind: "denied", message: message, line: meta[:line]}}
   end
 
+  @markers {__MODULE__, :markers}
+  @modules {__MODULE__, :modules}
+
+  # Besides the tree, tells what the encoder saw, so that the passes with
+  # nothing to do are skipped: `markers` when some name is no atom yet
+  # (only the encoder makes markers: no source text can spell the tag),
+  # `modules` when the text names `defmodule` or `alias`. The encoder is
+  # handed every identifier, already normalized, so a fragment cannot
+  # define or alias a module without it seeing the word.
   defp quote_text(code, line, tag) do
-    encoder = fn name, _meta ->
-      try do
+    encoder = fn
+      name, _meta when name in ["defmodule", "alias"] ->
+        Process.put(@modules, true)
         {:ok, :erlang.binary_to_existing_atom(name, :utf8)}
-      catch
-        :error, :badarg -> {:ok, {tag, name}}
-      end
+
+      name, _meta ->
+        try do
+          {:ok, :erlang.binary_to_existing_atom(name, :utf8)}
+        catch
+          :error, :badarg ->
+            Process.put(@markers, true)
+            {:ok, {tag, name}}
+        end
     end
 
     opts = [line: line, file: @file_name, emit_warnings: false, static_atoms_encoder: encoder]
+    Process.delete(@markers)
+    Process.delete(@modules)
+    parsed = Code.string_to_quoted(code, opts)
+    seen = %{markers: Process.delete(@markers) == true, modules: Process.delete(@modules) == true}
 
-    case Code.string_to_quoted(code, opts) do
+    case parsed do
       {:ok, quoted} ->
-        {:ok, quoted}
+        {:ok, quoted, seen}
 
       {:error, {meta, message, token}} ->
         {:error,
@@ -68,11 +93,28 @@ defmodule BeamBridge.Policy.Names do
     end
   end
 
-  defp names(quoted, tag, scope) do
-    scope = modules(quoted, tag, nil, scope)
-    {quoted, scope} = functions(quoted, tag, scope)
-    {quoted, scope} = Macro.prewalk(quoted, scope, &name(&1, &2, tag))
-    count_uses!(quoted)
+  defp names(quoted, tag, seen, scope) do
+    scope = if seen.modules, do: modules(quoted, tag, nil, scope), else: scope
+
+    # Without markers and session variables, pass 2 has nothing to rewrite.
+    {quoted, scope} =
+      if seen.markers or scope.vars != %{},
+        do: functions(quoted, tag, scope),
+        else: {quoted, scope}
+
+    {quoted, {scope, _uses, over}} = rename(quoted, {scope, %{}, nil}, tag)
+
+    # Counted along pass 3 but denied after it, so that the pass's own
+    # denials come first, as when the uses were counted in a walk of their
+    # own.
+    with {meta} <- over do
+      throw(
+        {:names,
+         "a variable is used more than #{@max_uses_per_name} times in one fragment; " <>
+           "split the fragment", meta}
+      )
+    end
+
     %{quoted: quoted, scope: scope, atoms: scope.atoms}
   end
 
@@ -81,29 +123,16 @@ defmodule BeamBridge.Policy.Names do
   # fragment rebinding `x` a million times would make a million atoms.
   # Capping how often one name occurs in a fragment caps `n`, so these
   # atoms are bounded for the node's life by the variable names there can
-  # be (the pool, and existing atoms) times @max_uses_per_name.
-  defp count_uses!(quoted) do
-    {_, uses} =
-      Macro.prewalk(quoted, %{}, fn
-        {name, meta, nil} = node, uses when is_atom(name) and name not in @special_vars ->
-          count = Map.get(uses, name, 0) + 1
-
-          if count > @max_uses_per_name do
-            throw(
-              {:names,
-               "a variable is used more than #{@max_uses_per_name} times in one fragment; " <>
-                 "split the fragment", meta}
-            )
-          end
-
-          {node, Map.put(uses, name, count)}
-
-        node, uses ->
-          {node, uses}
-      end)
-
-    uses
+  # be (the pool, and existing atoms) times @max_uses_per_name. `over` is
+  # the first use past the cap.
+  defp count_use({name, meta, nil}, uses, over)
+       when is_atom(name) and name not in @special_vars do
+    count = Map.get(uses, name, 0) + 1
+    over = if count > @max_uses_per_name and over == nil, do: {meta}, else: over
+    {Map.put(uses, name, count), over}
   end
+
+  defp count_use(_node, uses, over), do: {uses, over}
 
   defp syntax_message({prefix, suffix}, token), do: prefix <> token <> suffix
   defp syntax_message(message, token), do: message <> token
@@ -167,6 +196,8 @@ defmodule BeamBridge.Policy.Names do
 
   # The session's module a dotted name refers to: the longest registered
   # prefix, with the rest appended.
+  defp session_module(%{modules: modules}, _name) when modules == %{}, do: :error
+
   defp session_module(scope, name) do
     parts = String.split(name, ".")
 
@@ -191,22 +222,34 @@ defmodule BeamBridge.Policy.Names do
   # variables) binds it. A name that is a variable somewhere in its unit
   # stays one everywhere in it, so an earlier call of it in that unit
   # fails as undefined, under its own name, instead of the reverse.
+  #
+  # What a unit binds is asked only of a name the fragment defines as a
+  # function, so without such a name it is not computed.
   defp functions(quoted, tag, scope) do
-    bound = bound_in(quoted, tag, MapSet.new(Map.keys(scope.vars)))
     funs = defined_functions(quoted, tag, MapSet.new())
-    calls(quoted, %{tag: tag, funs: funs, bound: bound, vars: scope.vars}, scope)
+    unit = %{tag: tag, funs: funs, bound: nil, vars: scope.vars}
+    unit = bound(unit, fn -> bound_in(quoted, tag, MapSet.new(Map.keys(scope.vars))) end)
+    calls(quoted, unit, scope)
+  end
+
+  defp bound(unit, bound_fun) do
+    if MapSet.size(unit.funs) == 0, do: unit, else: %{unit | bound: bound_fun.()}
   end
 
   # Only the top level sees the session's variables.
   defp calls({:defmodule, meta, [name, [{:do, body}]]}, unit, scope) do
-    unit = %{unit | bound: bound_in(body, unit.tag, MapSet.new()), vars: %{}}
+    unit = bound(%{unit | vars: %{}}, fn -> bound_in(body, unit.tag, MapSet.new()) end)
     {body, scope} = calls(body, unit, scope)
     {{:defmodule, meta, [name, [do: body]]}, scope}
   end
 
   defp calls({kind, meta, [head | rest]}, unit, scope) when kind in @definitions do
-    bound = head |> def_params() |> vars_in(unit.tag, MapSet.new())
-    unit = %{unit | bound: bound_in(rest, unit.tag, bound)}
+    unit =
+      bound(unit, fn ->
+        params = head |> def_params() |> vars_in(unit.tag, MapSet.new())
+        bound_in(rest, unit.tag, params)
+      end)
+
     {head, scope} = def_head(head, unit, scope)
     {rest, scope} = calls(rest, unit, scope)
     {{kind, meta, [head | rest]}, scope}
@@ -376,7 +419,67 @@ defmodule BeamBridge.Policy.Names do
 
   # -- pass 3: names
 
+  # A prewalk in the order of `Macro.prewalk/3`, whose order numbers the
+  # pool atoms: each node is renamed, its uses counted, then its children
+  # walked (an atom call's name and any meta are not).
+  defp rename(node, {scope, uses, over}, tag) do
+    {node, scope} = name(node, scope, tag)
+    {uses, over} = count_use(node, uses, over)
+    rename_children(node, {scope, uses, over}, tag)
+  end
+
+  defp rename_children({form, meta, args}, acc, tag) when is_atom(form) do
+    {args, acc} = rename_args(args, acc, tag)
+    {{form, meta, args}, acc}
+  end
+
+  defp rename_children({form, meta, args}, acc, tag) do
+    {form, acc} = rename(form, acc, tag)
+    {args, acc} = rename_args(args, acc, tag)
+    {{form, meta, args}, acc}
+  end
+
+  defp rename_children({left, right}, acc, tag) do
+    {left, acc} = rename(left, acc, tag)
+    {right, acc} = rename(right, acc, tag)
+    {{left, right}, acc}
+  end
+
+  defp rename_children(list, acc, tag) when is_list(list), do: rename_args(list, acc, tag)
+  defp rename_children(leaf, acc, _tag), do: {leaf, acc}
+
+  defp rename_args(context, acc, _tag) when is_atom(context), do: {context, acc}
+
+  defp rename_args(args, acc, tag) when is_list(args),
+    do: :lists.mapfoldl(&rename(&1, &2, tag), acc, args)
+
   defp name({:__aliases__, meta, segments} = node, scope, tag) do
+    # Without session modules an alias of atoms stays as written, which is
+    # what the lookup below finds, after building the name.
+    if scope.modules == %{} and is_list(segments) and Enum.all?(segments, &is_atom/1),
+      do: {node, scope},
+      else: alias_name(node, meta, segments, scope, tag)
+  end
+
+  defp name({{tag, name}, meta, context}, scope, tag) when is_atom(context) do
+    {:ok, atom, scope} = ok!(Scope.var(scope, name), meta)
+    {{atom, meta, context}, scope}
+  end
+
+  defp name({var, meta, context} = node, scope, _tag) when is_atom(var) and is_atom(context) do
+    if Scope.pool_name?(Atom.to_string(var)),
+      do: throw({:names, "the variable name #{var} is reserved for the sandbox", meta}),
+      else: {node, scope}
+  end
+
+  defp name({tag, name}, scope, tag) do
+    {:ok, atom, scope} = ok!(Scope.atom(scope, name), [])
+    {atom, scope}
+  end
+
+  defp name(node, scope, _tag), do: {node, scope}
+
+  defp alias_name(node, meta, segments, scope, tag) do
     case segment_names(segments, tag) do
       {:ok, name} ->
         case session_module(scope, name) do
@@ -404,24 +507,6 @@ defmodule BeamBridge.Policy.Names do
         {node, scope}
     end
   end
-
-  defp name({{tag, name}, meta, context}, scope, tag) when is_atom(context) do
-    {:ok, atom, scope} = ok!(Scope.var(scope, name), meta)
-    {{atom, meta, context}, scope}
-  end
-
-  defp name({var, meta, context} = node, scope, _tag) when is_atom(var) and is_atom(context) do
-    if Scope.pool_name?(Atom.to_string(var)),
-      do: throw({:names, "the variable name #{var} is reserved for the sandbox", meta}),
-      else: {node, scope}
-  end
-
-  defp name({tag, name}, scope, tag) do
-    {:ok, atom, scope} = ok!(Scope.atom(scope, name), [])
-    {atom, scope}
-  end
-
-  defp name(node, scope, _tag), do: {node, scope}
 
   defp module_name({:pending, name}), do: name
   defp module_name(module), do: Atom.to_string(module)

@@ -374,6 +374,8 @@ defmodule BeamBridge.Policy.Scope do
   namespace, so the list stays the same for the fork's life.
   """
   @spec inherited(t) :: [module]
+  def inherited(%__MODULE__{names: names}) when names == %{}, do: []
+
   def inherited(%__MODULE__{names: names, namespace: namespace}) do
     own = namespace <> "."
 
