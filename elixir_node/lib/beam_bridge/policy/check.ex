@@ -107,6 +107,7 @@ defmodule BeamBridge.Policy.Check do
   defp walk({:__aliases__, meta, _} = node, st) do
     case expand_alias(node, st) do
       atom when is_atom(atom) -> {module_ref!(atom, meta, st), st}
+      {:no_atom, name} -> deny!("#{name} is not a module that exists", meta)
       _ -> deny!("a module name built at run time", meta)
     end
   end
@@ -464,24 +465,65 @@ defmodule BeamBridge.Policy.Check do
   defp static_module({:__MODULE__, _, context}, st) when is_atom(context),
     do: {:ok, st.env.module}
 
-  defp static_module({:__aliases__, _, _} = node, st) do
+  defp static_module({:__aliases__, meta, _} = node, st) do
     case expand_alias(node, st) do
       atom when is_atom(atom) -> {:ok, atom}
+      {:no_atom, name} -> deny!("#{name} is not a module that exists", meta)
       _ -> :dynamic
     end
   end
 
   defp static_module(_other, _st), do: :dynamic
 
-  # `Macro.expand/2` of an alias, which looks the first segment up among
-  # the env's aliases and joins the segments. With no aliases in the env
-  # (and none named in the meta, no tracers to tell), that lookup finds
-  # nothing, so joining them is the whole answer.
+  # `Macro.expand/2` of an alias, without its side effect: Elixir joins the
+  # segments with `Module.concat/1`, which makes the atom of the name, so a
+  # fragment naming `Enum.Map.List` (parts that are atoms already) would add
+  # one atom to the table for every new combination, outside the session's
+  # budget. The name is joined as text instead, the first segment looked up
+  # among the env's aliases, and the atom taken only if it exists: a module
+  # whose name is not an atom does not exist (the session's own modules are
+  # renamed to existing atoms when parsed), so `{:no_atom, name}` is
+  # refused. Aliases that a macro marked (`alias:` in the meta) or that a
+  # tracer must see take Elixir's own way.
+  defp expand_alias({:__aliases__, meta, [{:__MODULE__, _, context} | rest]}, %{env: env} = st)
+       when is_atom(context) and env.module != nil,
+       do: expand_alias({:__aliases__, meta, [env.module | rest]}, st)
+
   defp expand_alias({:__aliases__, meta, segments} = node, %{env: env}) do
-    if env.aliases == [] and env.tracers == [] and is_list(segments) and
-         Enum.all?(segments, &is_atom/1) and not Keyword.has_key?(meta, :alias),
-       do: Module.concat(segments),
+    if env.tracers == [] and is_list(segments) and Enum.all?(segments, &is_atom/1) and
+         not Keyword.has_key?(meta, :alias),
+       do: existing_alias(segments, env.aliases),
        else: Macro.expand(node, env)
+  end
+
+  defp existing_alias([:"Elixir" | rest], _aliases) when rest != [], do: existing_module(rest)
+
+  defp existing_alias([first | rest] = segments, aliases) do
+    # `__MODULE__.Part` starts with a whole module name: no alias applies.
+    with false <- String.starts_with?(Atom.to_string(first), "Elixir."),
+         head when is_atom(head) <- existing_module([first]),
+         {^head, target} <- List.keyfind(aliases, head, 0) do
+      if rest == [], do: target, else: existing_module([target | rest])
+    else
+      _no_alias -> existing_module(segments)
+    end
+  end
+
+  defp existing_module(segments) do
+    name = "Elixir." <> Enum.map_join(segments, ".", &segment_text/1)
+
+    try do
+      String.to_existing_atom(name)
+    rescue
+      ArgumentError -> {:no_atom, String.replace_prefix(name, "Elixir.", "")}
+    end
+  end
+
+  defp segment_text(segment) do
+    case Atom.to_string(segment) do
+      "Elixir." <> text -> text
+      text -> text
+    end
   end
 
   # `Scope.own?/2`, with the namespace's prefix made once per check.
@@ -999,18 +1041,21 @@ defmodule BeamBridge.Policy.Check do
     {_opts, st} = walk_list(Enum.map(opts, &without_as/1), st)
     env = st.env
 
-    env =
+    {env, st} =
       case directive do
         :require ->
-          %{env | requires: [module | env.requires]}
+          {%{env | requires: [module | env.requires]}, st}
 
         :import ->
-          %{env | requires: [module | env.requires]}
+          {%{env | requires: [module | env.requires]}, st}
 
         :alias ->
-          case alias_name(module, List.first(opts) || [], env) do
-            nil -> env
-            as -> %{env | aliases: [{as, module} | List.keydelete(env.aliases, as, 0)]}
+          case alias_name(module, List.first(opts) || [], meta, st) do
+            {nil, st} ->
+              {env, st}
+
+            {as, st} ->
+              {%{env | aliases: [{as, module} | List.keydelete(env.aliases, as, 0)]}, st}
           end
       end
 
@@ -1021,19 +1066,27 @@ defmodule BeamBridge.Policy.Check do
   defp without_as(opts) when is_list(opts), do: Enum.reject(opts, &match?({:as, _}, &1))
   defp without_as(other), do: other
 
-  defp alias_name(module, opts, env) do
+  # The name an alias directive makes. Without `as:` it is the last part
+  # of a module that exists (so there are only so many). An `as:` name is
+  # the fragment's own choice, and the evaluation will make its atom: it is
+  # taken from the session's atom budget here, like any new name. Elixir
+  # accepts only a one-part alias there; anything else fails when it runs.
+  defp alias_name(module, opts, meta, st) do
     case Keyword.get(opts, :as) do
       nil ->
         case Atom.to_string(module) do
-          "Elixir." <> _ -> Module.concat([List.last(Module.split(module))])
-          _erlang -> nil
+          "Elixir." <> _ -> {Module.concat([List.last(Module.split(module))]), st}
+          _erlang -> {nil, st}
         end
 
-      as ->
-        case Macro.expand(as, env) do
-          atom when is_atom(atom) -> atom
-          _ -> nil
+      {:__aliases__, _, [segment]} when is_atom(segment) ->
+        case Scope.atom(st.scope, "Elixir." <> segment_text(segment)) do
+          {:ok, as, scope} -> {as, %{st | scope: scope}}
+          {:error, message} -> deny!(message, meta)
         end
+
+      _other ->
+        {nil, st}
     end
   end
 end
