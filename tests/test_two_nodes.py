@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -28,22 +26,11 @@ from websockets.asyncio.client import connect as ws_connect
 from .conftest import HEALTH_SCHEMA, TOKEN, WAIT, Wire, by_type
 from .test_contract import _get
 from .test_remote_node import NODE_READY, NODE_SCRIPT, START, Child
+from .test_remote_node import _env as _clean_env
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 LISTENING = r"^listening on ws://127\.0\.0\.1:(\d+)/v1/stream$"
-
-
-def _clean_env(**overrides: str) -> dict[str, str]:
-    """This interpreter's environment without any node or gateway settings."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("BEAM_BRIDGE_", "BEAMBRIDGE_"))
-    }
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(overrides)
-    return env
 
 
 @dataclass(frozen=True)
@@ -81,9 +68,7 @@ async def second_node(gateway: Gateway) -> AsyncIterator[tuple[Child, str]]:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def pair(
-    gateway: Gateway, second_node: tuple[Child, str]
-) -> AsyncIterator[Pair]:
+async def pair(gateway: Gateway, second_node: tuple[Child, str]) -> AsyncIterator[Pair]:
     """A gateway given both nodes' addresses, with both links up."""
     assert gateway.embedded is not None
     host, port = await gateway.embedded.address()
