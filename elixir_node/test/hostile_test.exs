@@ -345,7 +345,7 @@ defmodule BeamBridge.HostileTest do
       outcomes =
         for batch <- 1..2 do
           run("""
-          args = for i <- 1..50_000, do: "--bb-hostile-#{batch}-\#{i}"
+          args = for i <- 1..20_000, do: "--bb-hostile-#{batch}-\#{i}"
           OptionParser.parse(args, switches: [], allow_nonexistent_atoms: true)
           """)
         end
