@@ -318,7 +318,9 @@ async def test_health_command_fails_on_a_wrong_secret_or_no_node(
 async def test_the_node_service_logs_to_standard_output(stack: Stack) -> None:
     """Run through its entrypoint, the node writes its log lines to stdout
     beside the ready line, where a container runtime collects them."""
-    await stack.node.child.expect(r"\[info\] *bridge listener on 127\.0\.0\.1:", "stdout")
+    await stack.node.child.expect(
+        r"\[info\] *bridge listener on 127\.0\.0\.1:", "stdout"
+    )
     assert "bridge listener on" not in stack.node.child.stderr()
 
 

@@ -22,7 +22,7 @@ defmodule BeamBridge.CapsTest do
   end
 
   describe "result size" do
-    test "a client may lower it: the value is cut between code points, and data that does not fit is nil" do
+    test "a client may lower it: text cut between code points, data nil when it does not fit" do
       {_id, pid} = open_session(%{limits: %{max_result_bytes: 21}})
       [long, short] = results(eval(pid, "String.duplicate(\"é\", 40)\n[1, 2, 3]"))
 

@@ -134,7 +134,8 @@ defmodule BeamBridge.SessionModulesTest do
       {_id, pid} = open_session()
 
       code =
-        "(\n  defmodule Foo do\n    def v, do: 1\n  end\n  IO.puts(Foo.v())\n  Process.sleep(:infinity)\n)"
+        "(\n  defmodule Foo do\n    def v, do: 1\n  end\n" <>
+          "  IO.puts(Foo.v())\n  Process.sleep(:infinity)\n)"
 
       Session.request(pid, {:eval, code})
       assert_receive {:bridge_event, %{type: :output, text: "1\n"}}

@@ -60,8 +60,8 @@ defmodule BeamBridge.SplitterTest do
     {"nested brackets closed on many lines",
      "rows = [\n  [1, %{a: [2]}],\n  {3, <<4>>},\n  [fn x -> x end, (1 + 2)]\n]\nrows\n", 2},
     {"nested do blocks and fns closed on many lines",
-     "defmodule N do\n  def a(x) do\n    f = fn y ->\n      if y do\n        [y]\n      end\n    end\n    f.(x)\n  end\n\n  def b, do: (1)\nend\nN.a(1)\n",
-     2},
+     "defmodule N do\n  def a(x) do\n    f = fn y ->\n      if y do\n        [y]\n      end\n" <>
+       "    end\n    f.(x)\n  end\n\n  def b, do: (1)\nend\nN.a(1)\n", 2},
     {"string opened inside an open list",
      "l = [\n  \"a]\n  b\",\n  ~s(c]),\n  \"\"\"\n  ]\n  \"\"\",\n  4\n]\nl\n", 2},
     {"blank lines only", "\n\n  \n# only a comment\n", 0}

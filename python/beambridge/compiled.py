@@ -3,9 +3,10 @@ with ``executors: ["beam", "compiled"]`` also runs on ``compiled_model``.
 
 The compiled sessions live in one worker process, so that decoding (the
 numba kernels of ``compiled_model.fast`` and the Python around them) never
-delays the gateway's event loop or the BEAM's results. The worker keeps, per session, the compiled context after
-every fragment: rewind and fork work on the compiled side from its own
-history, never from the BEAM's state.
+delays the gateway's event loop or the BEAM's results. The worker keeps,
+per session, the compiled context after every fragment: rewind and fork
+work on the compiled side from its own history, never from the BEAM's
+state.
 
 :class:`Shadow` is the gateway's per-session half. It submits each
 ``fragment`` as it is announced, and emits the compiled ``result`` of

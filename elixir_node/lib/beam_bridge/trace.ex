@@ -136,7 +136,8 @@ defmodule BeamBridge.Trace do
   # Forms that are not calls, so never get a marker of their own.
   @not_calls @sealed ++
                @sealed_too ++
-               ~w(__block__ = fn case cond receive try for with {} %{} % | <<>> :: ^ -> <- when \\ .)a
+               ~w(__block__ = fn case cond receive try for with)a ++
+               ~w({} %{} % | <<>> :: ^ -> <- when \\ .)a
 
   @doc """
   Wraps each statement of a parsed fragment (of a block, a clause body, a
