@@ -298,22 +298,7 @@ defmodule BeamBridge.Policy.Names do
     end
   end
 
-  defp calls({left, meta, right}, unit, scope) do
-    {left, scope} = calls(left, unit, scope)
-    {right, scope} = calls(right, unit, scope)
-    {{left, meta, right}, scope}
-  end
-
-  defp calls({left, right}, unit, scope) do
-    {left, scope} = calls(left, unit, scope)
-    {right, scope} = calls(right, unit, scope)
-    {{left, right}, scope}
-  end
-
-  defp calls(list, unit, scope) when is_list(list),
-    do: Enum.map_reduce(list, scope, &calls(&1, unit, &2))
-
-  defp calls(leaf, _unit, scope), do: {leaf, scope}
+  defp calls(node, unit, scope), do: descend(node, scope, &calls(&1, unit, &2))
 
   defp def_head({:when, meta, [call, guard]}, unit, scope) do
     {call, scope} = def_head(call, unit, scope)
@@ -400,22 +385,25 @@ defmodule BeamBridge.Policy.Names do
     {{atom, meta, context}, scope}
   end
 
-  defp type_names({left, meta, right}, tag, scope) do
-    {left, scope} = type_names(left, tag, scope)
-    {right, scope} = type_names(right, tag, scope)
-    {{left, meta, right}, scope}
+  defp type_names(node, tag, scope), do: descend(node, scope, &type_names(&1, tag, &2))
+
+  # The children of a node no clause above is about, each through `visit`
+  # with the accumulator: the shared step of the passes that look for
+  # particular nodes anywhere in a tree.
+  defp descend({left, meta, right}, acc, visit) do
+    {left, acc} = visit.(left, acc)
+    {right, acc} = visit.(right, acc)
+    {{left, meta, right}, acc}
   end
 
-  defp type_names({left, right}, tag, scope) do
-    {left, scope} = type_names(left, tag, scope)
-    {right, scope} = type_names(right, tag, scope)
-    {{left, right}, scope}
+  defp descend({left, right}, acc, visit) do
+    {left, acc} = visit.(left, acc)
+    {right, acc} = visit.(right, acc)
+    {{left, right}, acc}
   end
 
-  defp type_names(list, tag, scope) when is_list(list),
-    do: Enum.map_reduce(list, scope, &type_names(&1, tag, &2))
-
-  defp type_names(leaf, _tag, scope), do: {leaf, scope}
+  defp descend(list, acc, visit) when is_list(list), do: Enum.map_reduce(list, acc, visit)
+  defp descend(leaf, acc, _visit), do: {leaf, acc}
 
   # -- pass 3: names
 
