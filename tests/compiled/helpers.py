@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import random
 import subprocess
@@ -11,6 +12,17 @@ from compiled_model import vm
 from compiled_model.session import CompiledSession
 
 ORACLE = Path(__file__).with_name("oracle.exs")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a Python file imports, relative ones with their dots."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." * node.level + (node.module or ""))
+    return found
 
 
 def elixir_sessions(sessions: list[list[str]]) -> list[list[str]]:

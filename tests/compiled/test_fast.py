@@ -8,7 +8,6 @@ a time, no knowledge of the VM, and a cache directory that may be missing.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import random
@@ -24,6 +23,7 @@ from compiled_model.kvcache import HullCache, NaiveCache, _UpperHull
 from compiled_model.model import Model
 from compiled_model.vocab import encode_program
 
+from .helpers import imported_modules
 from .test_model import PROGRAMS, STRESS, _program, first_divergence
 
 STOPS = np.array(sorted(engine._END_IDS), dtype=np.int64)
@@ -151,16 +151,8 @@ def test_fast_decode_survives_buffer_growth_mid_trace(model: Model) -> None:
 
 def test_fast_module_imports_only_numpy_numba_and_the_model() -> None:
     """fast.py imports only numpy, numba, stdlib and model.py."""
-    tree = ast.parse((Path(fast.__file__)).read_text())
     allowed = {"__future__", "weakref", "dataclasses", "numba", "numpy", ".model"}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            mods = {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            mods = {("." * node.level) + (node.module or "")}
-        else:
-            continue
-        assert mods <= allowed, mods
+    assert imported_modules(Path(fast.__file__)) <= allowed
 
 
 _FRESH = r"""

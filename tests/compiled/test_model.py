@@ -6,7 +6,6 @@ the readable reference) and "fast" (the compiled kernels of `fast.py`).
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from compiled_model.model import Model
 from compiled_model.parse import elixir_parse
 from compiled_model.vocab import VOCAB, encode_program
 
-from .helpers import ProgramGen
+from .helpers import ProgramGen, imported_modules
 
 PROGRAMS = [
     "1 + 2 * 3",
@@ -169,15 +168,7 @@ def test_model_modules_import_nothing_from_compiler_or_vm() -> None:
         "safetensors.numpy",
     }
     for name in ("model.py", "kvcache.py"):
-        tree = ast.parse((root / name).read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                mods = {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                mods = {("." * node.level) + (node.module or "")}
-            else:
-                continue
-            assert mods <= allowed | {".model"}, (name, mods)
+        assert imported_modules(root / name) <= allowed | {".model"}, name
 
 
 def test_decode_loop_feeds_back_only_argmax_ids(model: Model) -> None:
