@@ -199,13 +199,6 @@ defmodule BeamBridge.ChangeOfMindTest do
   end
 
   describe "speculative evaluation" do
-    defp speculating(pid) do
-      case :sys.get_state(pid).running do
-        %{index: nil, code: code} -> code
-        _ -> nil
-      end
-    end
-
     test "a pure fragment starts running before it is committed; the commit releases it" do
       {_id, pid} = open()
       Session.request(pid, {:chunk, "x = IO.write(\"held\")\n"})

@@ -146,13 +146,6 @@ defmodule BeamBridge.EvaluationDetailsTest do
       Evaluator.start(code, 1, context, opts)
     end
 
-    defp speculating(pid) do
-      case :sys.get_state(pid).running do
-        %{index: nil, code: code} -> code
-        _ -> nil
-      end
-    end
-
     test "a speculative evaluation of a fragment the policy flags with effects runs nothing" do
       {_, _, scope} =
         context = Evaluator.new_context("spec-#{System.unique_integer([:positive])}")

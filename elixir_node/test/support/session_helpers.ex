@@ -28,6 +28,14 @@ defmodule BeamBridge.SessionHelpers do
     if stop?.(event), do: Enum.reverse([event | acc]), else: collect(stop?, [event | acc])
   end
 
+  @doc "The code a session is running speculatively (not committed yet), or nil."
+  def speculating(pid) do
+    case :sys.get_state(pid).running do
+      %{index: nil, code: code} -> code
+      _ -> nil
+    end
+  end
+
   @doc "The `result` events among `events`."
   def results(events), do: for(%{type: :result} = r <- events, do: r)
 
