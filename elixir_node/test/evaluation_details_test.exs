@@ -85,6 +85,16 @@ defmodule BeamBridge.EvaluationDetailsTest do
   describe "trace" do
     defp steps(events), do: for(%{type: :step} = s <- events, do: {s.line, s.value})
 
+    test "a long step value is cut between code points" do
+      {_id, pid} = open_session(%{trace: true})
+      # Twenty strings of `a` and 300 `é`: an inspect text far over the step
+      # bound, whose cut at 2,048 bytes falls inside an `é`.
+      events = eval(pid, ~s|List.duplicate("a" <> String.duplicate("é", 300), 20) \|> length()|)
+      [{_, long}, {_, "20"}] = steps(events)
+      assert String.valid?(long) and String.ends_with?(long, "…")
+      assert byte_size(long) <= 2_048 + byte_size("…")
+    end
+
     test "reports each stage of a pipeline bound with =, and binds it" do
       {_id, pid} = open_session(%{trace: true})
       events = eval(pid, "total = 1..3 |> Enum.map(&(&1 * 2)) |> Enum.sum()")

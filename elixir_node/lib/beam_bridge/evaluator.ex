@@ -314,25 +314,10 @@ defmodule BeamBridge.Evaluator do
   # -- values
 
   defp value_text(value, max_bytes) do
-    text = inspect(Policy.shown(value, @shown_nodes), limit: 100, printable_limit: 8192)
-
-    if byte_size(text) > max_bytes do
-      cut_at_code_point(text, max_bytes) <> "…"
-    else
-      text
-    end
-  end
-
-  # The longest prefix of `text` within `max_bytes` that ends between code
-  # points (a UTF-8 continuation byte starts 0b10).
-  defp cut_at_code_point(text, max_bytes) do
-    case text do
-      <<_::binary-size(max_bytes), 0b10::2, _::bitstring>> when max_bytes > 0 ->
-        cut_at_code_point(text, max_bytes - 1)
-
-      _whole ->
-        binary_part(text, 0, max_bytes)
-    end
+    value
+    |> Policy.shown(@shown_nodes)
+    |> inspect(limit: 100, printable_limit: 8192)
+    |> IOProxy.truncate(max_bytes)
   end
 
   @doc """

@@ -243,11 +243,19 @@ defmodule BeamBridge.IOProxy do
     send_pieces(state, rest)
   end
 
-  # The largest cut at or below `at` that does not split a UTF-8 code point
-  # (whose continuation bytes are 0b10xxxxxx). Text that is not UTF-8 has
-  # no code points to keep whole: it is cut at `at`.
-  defp code_point_cut(text, at) when at >= byte_size(text), do: byte_size(text)
-  defp code_point_cut(text, at), do: back_to_boundary(text, at, at)
+  @doc """
+  The largest cut at or below `at` bytes that does not split a UTF-8 code
+  point (whose continuation bytes are 0b10xxxxxx). Text that is not UTF-8
+  has no code points to keep whole: it is cut at `at`.
+  """
+  @spec code_point_cut(binary, non_neg_integer) :: non_neg_integer
+  def code_point_cut(text, at) when at >= byte_size(text), do: byte_size(text)
+  def code_point_cut(text, at), do: back_to_boundary(text, at, at)
+
+  @doc "`text` cut to at most `max_bytes` between code points, ending in `…` when cut."
+  @spec truncate(binary, non_neg_integer) :: binary
+  def truncate(text, max_bytes) when byte_size(text) <= max_bytes, do: text
+  def truncate(text, max_bytes), do: binary_part(text, 0, code_point_cut(text, max_bytes)) <> "…"
 
   defp back_to_boundary(_text, at, cut) when at - cut >= 4 or cut == 0, do: at
 

@@ -34,6 +34,8 @@ defmodule BeamBridge.Trace do
   fragment on one line as it is: the fragment's first line is then right.
   """
 
+  alias BeamBridge.IOProxy
+
   @max_steps 1_000
   @max_value_bytes 2_048
   @untraced [
@@ -118,11 +120,7 @@ defmodule BeamBridge.Trace do
   defp pipeline?(_expr), do: false
 
   defp value_text(value) do
-    text = inspect(value, limit: 20, printable_limit: 256)
-
-    if byte_size(text) > @max_value_bytes,
-      do: binary_part(text, 0, @max_value_bytes) <> "…",
-      else: text
+    value |> inspect(limit: 20, printable_limit: 256) |> IOProxy.truncate(@max_value_bytes)
   end
 
   # -- error lines
