@@ -110,20 +110,24 @@ defmodule BeamBridge.Policy do
 
   @doc """
   Rewrites text shown to the client (a message, an inspected value) in the
-  session's own names: pool variables back to the names the code used, and
-  module names without the session's namespace.
+  session's own names: pool variables back to the names the code used,
+  module names without the session's namespace, and module versions (a
+  redefinition, one a fork inherited) as the name their `defmodule` gave.
   """
   @spec humanize(binary, Scope.t()) :: binary
   def humanize(text, %Scope{} = scope) do
     text = String.replace(text, String.replace_prefix(scope.namespace, "Elixir.", "") <> ".", "")
 
-    if scope.var_names == %{} or not String.contains?(text, "bb_v") do
-      text
-    else
-      Regex.replace(~r/\b_?bb_v\d+\b/, text, fn pool ->
-        Map.get(scope.var_names, String.to_existing_atom(pool), pool)
-      end)
-    end
+    text =
+      if scope.var_names == %{} or not String.contains?(text, "bb_v") do
+        text
+      else
+        Regex.replace(~r/\b_?bb_v\d+\b/, text, fn pool ->
+          Map.get(scope.var_names, String.to_existing_atom(pool), pool)
+        end)
+      end
+
+    Scope.humanize_versions(text, scope)
   end
 
   @doc """

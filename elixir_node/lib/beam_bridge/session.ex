@@ -460,8 +460,7 @@ defmodule BeamBridge.Session do
     cancel_timer(running.timer)
 
     case outcome do
-      {:ok, result, {_, _, scope} = context} ->
-        result = %{result | value: humanize_versions(result.value, scope)}
+      {:ok, result, context} ->
         finish(%{state | context: context}, running, Map.put(result, :ok, true))
 
       # A failed fragment leaves bindings and env as they were; its scope
@@ -469,7 +468,6 @@ defmodule BeamBridge.Session do
       # are unloaded, since no context can reach them.
       {:error, error, scope} ->
         {elapsed, error} = Map.pop(error, :elapsed_us)
-        error = %{error | message: humanize_versions(error.message, scope)}
         state = %{state | context: put_elem(state.context, 2, failed_scope(state, scope))}
         finish(state, running, %{ok: false, error: error, elapsed_us: elapsed})
     end
@@ -740,9 +738,6 @@ defmodule BeamBridge.Session do
 
   defp leave_modules(%{context: {_, _, nil}}), do: :ok
   defp leave_modules(_state), do: Modules.leave(self())
-
-  defp humanize_versions(text, nil), do: text
-  defp humanize_versions(text, scope), do: Scope.humanize_versions(text, scope)
 
   defp binary_bytes(pid) do
     case Process.info(pid, :binary) do
