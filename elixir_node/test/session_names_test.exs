@@ -74,10 +74,10 @@ defmodule BeamBridge.SessionNamesTest do
       total = fresh("zqnamed")
       missing = fresh("zqmissing")
       {_id, pid} = open_session()
-      eval(pid, "defmodule Foo do\n  def #{total}, do: 1\nend")
+      assert [%{ok: true}] = results(eval(pid, "defmodule Foo do\n  def #{total}, do: 1\nend"))
 
       message = error(pid, "Foo.#{total}(1)").message
-      assert message =~ "Foo.#{total}/1"
+      assert message =~ "function Foo.#{total}/1 is undefined or private"
       refute message =~ "bb_v"
 
       message = error(pid, "defmodule Baz do\n  def #{total}, do: #{missing}\nend").message
