@@ -559,7 +559,7 @@ defmodule BeamBridge.Session do
       do: Process.send_after(self(), {:watch_binaries, running.ref}, @watch_ms)
 
     started = System.monotonic_time(:microsecond)
-    Map.merge(running, %{timer: timer, started: started, held: [], outcome: nil})
+    Map.merge(running, %{timer: timer, started: started, held: [], outcome: nil, code: code})
   end
 
   defp finish(state, running, result) do
@@ -722,9 +722,15 @@ defmodule BeamBridge.Session do
   # A killed fragment's scope never came back: what it loaded is found in
   # the session's namespace, once the evaluation is gone (the kill is a
   # signal, and until it lands the evaluation may load one more module).
+  # Only `defmodule` loads code under the sandbox, so a fragment without
+  # it has nothing to sweep (and a cancel need not wait for the kill).
   defp sweep_modules(%{context: {_, _, nil}}, _running), do: :ok
 
   defp sweep_modules(%{context: {_, _, scope}}, running) do
+    if String.contains?(running.code, "defmodule"), do: sweep_after_kill(scope, running)
+  end
+
+  defp sweep_after_kill(scope, running) do
     monitor = Process.monitor(running.pid)
 
     receive do
@@ -836,10 +842,15 @@ defmodule BeamBridge.Session.Modules do
     {:reply, :ok, state}
   end
 
-  def handle_call({:leave, holder}, _from, state), do: {:reply, :ok, forget(state, holder)}
+  # A session that leaves cleanly and never held a version has loaded
+  # nothing that is still there (failed fragments unload theirs, killed ones
+  # were swept): its namespace is not scanned. One that went down is.
+  def handle_call({:leave, holder}, _from, state),
+    do: {:reply, :ok, forget(state, holder, Map.has_key?(state.held, holder))}
 
   @impl true
-  def handle_info({:DOWN, _, :process, holder, _}, state), do: {:noreply, forget(state, holder)}
+  def handle_info({:DOWN, _, :process, holder, _}, state),
+    do: {:noreply, forget(state, holder, true)}
 
   defp watch(state, pid) do
     if Map.has_key?(state.monitors, pid),
@@ -847,10 +858,10 @@ defmodule BeamBridge.Session.Modules do
       else: put_in(state.monitors[pid], Process.monitor(pid))
   end
 
-  defp forget(state, holder) do
+  defp forget(state, holder, sweep?) do
     state = release_modules(state, holder, Map.get(state.held, holder, []))
     {namespace, namespaces} = Map.pop(state.namespaces, holder)
-    if namespace, do: sweep_namespace(state, namespace)
+    if namespace && sweep?, do: sweep_namespace(state, namespace)
     {monitor, monitors} = Map.pop(state.monitors, holder)
     if monitor, do: Process.demonitor(monitor, [:flush])
     %{state | namespaces: namespaces, monitors: monitors, held: Map.delete(state.held, holder)}
