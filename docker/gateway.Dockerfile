@@ -47,7 +47,8 @@ COPY docker/gateway.sh /app/docker/gateway.sh
 # So are the decode kernels (numba), into a cache the unprivileged user may
 # write to as well: on another CPU model they are compiled again, once.
 ENV BEAMBRIDGE_COMPILED_CACHE=/opt/compiled-weights NUMBA_CACHE_DIR=/opt/numba-cache
-RUN /opt/venv/bin/python -c "from compiled_model import engine; engine.decode(engine.load_model(), [0], 1)" \
+RUN /opt/venv/bin/python -c \
+      "from compiled_model import engine; engine.decode(engine.load_model(), [0], 1)" \
  && chown -R beambridge:beambridge /opt/numba-cache
 
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
